@@ -1,0 +1,48 @@
+"""Fusion schemes, heads and the published model presets, composed into ``VLModel``.
+
+``build_model("vilt-b32")`` builds a preset with random weights (timing does not depend on
+weights; nothing is downloaded). ``list_models()`` names every preset.
+"""
+
+from __future__ import annotations
+
+from feature_extractors import build_embedder, spec_for_config
+
+from .fusion import FUSIONS, FusionOutput, build_fusion, fusion_spec_for_config
+from .heads import build_head
+from .model import Stage, VLModel
+from .presets import PRESETS, Preset
+
+
+def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:
+    """A model from a preset name or object; ``head=True`` adds its task head."""
+    p = PRESETS.get(preset) if isinstance(preset, str) else preset
+    visual = build_embedder(p.visual)
+    text = build_embedder(p.text)
+    fusion = build_fusion(p.fusion, text_dim=text.out_dim, vision_dim=visual.out_dim)
+    task_head = None
+    if head:
+        if p.head is None:
+            raise ValueError(f"model {p.name!r} has no task head")
+        task_head = build_head(p.head, in_dim=fusion.out_dim)
+    return VLModel(
+        visual, text, fusion, task_head,
+        visual_kind=spec_for_config(p.visual).kind,
+        fusion_kind=fusion_spec_for_config(p.fusion).kind,
+    )
+
+
+def list_models() -> list[str]:
+    return PRESETS.names()
+
+
+__all__ = [
+    "FUSIONS",
+    "PRESETS",
+    "FusionOutput",
+    "Preset",
+    "Stage",
+    "VLModel",
+    "build_model",
+    "list_models",
+]

@@ -1,0 +1,119 @@
+"""Transformer building blocks on ``torch.nn.functional.scaled_dot_product_attention``.
+
+Pre-LN blocks (ViT, ViLT, CLIP). Leaf modules take explicit sizes, never a config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class QuickGELU(nn.Module):
+    """CLIP's activation: x * sigmoid(1.702 x)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
+
+
+def key_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, N) bool, True = attend -> the (B, 1, 1, N) boolean mask SDPA broadcasts."""
+    return None if mask is None else mask[:, None, None, :]
+
+
+class Attention(nn.Module):
+    """Multi-head attention; queries from ``x``, keys and values from ``context`` (self-attention
+    when ``context`` is None), so the same module serves co-attention."""
+
+    def __init__(self, width: int, heads: int, *, context_width: int | None = None) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        context_width = context_width or width
+        self.heads = heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(context_width, width)
+        self.value = nn.Linear(context_width, width)
+        self.out = nn.Linear(width, width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        context = x if context is None else context
+        b, n, d = x.shape
+        q = self.query(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, N, d/h)
+        k = self.key(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        v = self.value(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        return self.out(y.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, hidden: int, activation: str = "gelu") -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.act = ACTIVATIONS[activation]()
+        self.fc2 = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)); x + mlp(ln(x))."""
+
+    def __init__(
+        self, width: int, heads: int, mlp_dim: int, *, activation: str = "gelu", eps: float = 1e-6
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, eps=eps)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, mlp_dim, activation)
+
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
+        return x + self.mlp(self.norm2(x))
+
+
+class Encoder(nn.Module):
+    """A stack of pre-LN blocks over (B, N, D)."""
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        activation: str = "gelu",
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.blocks = nn.ModuleList(
+            Block(width, heads, mlp_dim, activation=activation, eps=eps) for _ in range(depth)
+        )
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        attn_mask = key_padding_mask(mask)
+        for block in self.blocks:
+            x = block(x, attn_mask=attn_mask, is_causal=is_causal)
+        return x
+
+
+def adapter(in_dim: int, out_dim: int) -> nn.Module:
+    """Identity when widths agree, else a linear map: how any embedder fits any fusion."""
+    return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)

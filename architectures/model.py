@@ -1,0 +1,108 @@
+"""``VLModel``: a visual embedder, a text embedder, a fusion scheme and an optional head.
+
+Its submodule names are the stage vocabulary the harness times, counts and reports:
+``visual``, ``text``, ``fusion`` (and the fusion's own sub-stages such as
+``fusion.vision_tower``), ``head``. The model knows nothing of timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from feature_extractors import ImageBatch, Tokens
+
+from .fusion import FusionOutput
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named submodule the harness may time. ``kind`` is the report category (backbone,
+    region_ops, patch, grid, text, single_modality, interaction, head); ``parent`` is the
+    enclosing stage (None for a top-level stage, whose times add up to the forward)."""
+
+    name: str
+    kind: str
+    parent: str | None = None
+    host_sync: bool = False  # data-dependent host synchronisation by design (NMS, selection)
+
+
+def _substages(module: nn.Module, prefix: str) -> list[Stage]:
+    """A module declares its own stages in a ``substages`` dict: {child name: kind}."""
+    out: list[Stage] = []
+    for child, kind in getattr(module, "substages", {}).items():
+        name = f"{prefix}.{child}"
+        sync = child in getattr(module, "host_sync_stages", ())
+        out.append(Stage(name, kind, prefix, sync))
+        out.extend(_substages(module.get_submodule(child), name))
+    return out
+
+
+class VLModel(nn.Module):
+    def __init__(
+        self,
+        visual: nn.Module,
+        text: nn.Module,
+        fusion: nn.Module,
+        head: nn.Module | None = None,
+        *,
+        visual_kind: str,
+        fusion_kind: str = "interaction",
+    ) -> None:
+        super().__init__()
+        self.visual = visual
+        self.text = text
+        self.fusion = fusion
+        self.head = head
+        self.visual_kind = visual_kind
+        self.fusion_kind = fusion_kind
+
+    def stages(self) -> list[Stage]:
+        """Every declared stage, top-level first within each branch."""
+        top = [("visual", self.visual_kind), ("text", "text"), ("fusion", self.fusion_kind)]
+        if self.head is not None:
+            top.append(("head", "head"))
+        out: list[Stage] = []
+        for name, kind in top:
+            out.append(Stage(name, kind))
+            out.extend(_substages(self.get_submodule(name), name))
+        return out
+
+    def forward(
+        self, images: ImageBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> FusionOutput | torch.Tensor:
+        vision: Tokens = self.visual(images)
+        text: Tokens = self.text(input_ids, attention_mask)
+        out: FusionOutput = self.fusion(text, vision)
+        return out if self.head is None else self.head(out.pooled)
+
+    @torch.no_grad()
+    def example_inputs(
+        self,
+        batch_size: int,
+        image_size: tuple[int, int],
+        text_len: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> tuple[ImageBatch, torch.Tensor, torch.Tensor]:
+        """Random images and token ids of the right form: every token real, the last token the
+        highest id (CLIP's end-of-text token), so every model does its full-length work."""
+        gen = torch.Generator().manual_seed(seed)
+        h, w = image_size
+        pixels = torch.randn(batch_size, 3, h, w, generator=gen)
+        vocab = self.text.vocab_size
+        ids = torch.randint(1, vocab - 1, (batch_size, text_len), generator=gen)
+        ids[:, -1] = vocab - 1
+        mask = torch.ones(batch_size, text_len, dtype=torch.long)
+        images = ImageBatch.from_tensor(pixels).to(device, dtype)
+        return images, ids.to(device), mask.to(device)
+
+    def num_tokens(self, image_size: tuple[int, int], text_len: int) -> dict[str, int]:
+        """Token counts the fusion sees for one image-text pair."""
+        counter = getattr(self.visual, "num_tokens", None)
+        image = counter(image_size) if counter is not None else -1
+        return {"text": text_len, "image": image}

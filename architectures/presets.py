@@ -1,0 +1,101 @@
+"""Published models as frozen configs, each with a ``-tiny`` twin for tests.
+
+A preset pins its canonical input (image size, text length) so every result says what was
+measured. Family functions take the sizes, so a published preset and its twin differ only in
+numbers, never in code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from feature_extractors import (
+    BertTextConfig,
+    ClipTextConfig,
+    PatchProjectionConfig,
+    Registry,
+)
+
+from .fusion import DualEncoderConfig, SingleStreamConfig
+from .heads import VQAHeadConfig
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    visual: Any  # an embedder config dataclass
+    text: Any  # a text embedder config dataclass
+    fusion: Any  # a fusion config dataclass
+    image_size: tuple[int, int]  # canonical input (height, width)
+    text_len: int
+    head: Any | None = None  # task head added by ``--head``
+    paper_tokens: str | None = None  # the ViLT paper's Table 6 token count, where it differs
+    source: str = ""
+
+
+PRESETS: Registry[Preset] = Registry("model")
+
+
+def _register(published: Preset, tiny: Preset) -> None:
+    PRESETS.register(published.name, published)
+    PRESETS.register(tiny.name, tiny)
+
+
+def _vilt(name: str, *, width: int, depth: int, heads: int, mlp: int, patch: int,
+          pos_grid: tuple[int, int], vocab: int, text_len: int, image_size: tuple[int, int],
+          head_hidden: int, answers: int, description: str) -> Preset:
+    return Preset(
+        name=name,
+        description=description,
+        visual=PatchProjectionConfig(width=width, patch_size=patch, pos_grid=pos_grid, bias=True),
+        text=BertTextConfig(vocab_size=vocab, width=width, max_positions=text_len),
+        fusion=SingleStreamConfig(width=width, depth=depth, heads=heads, mlp_dim=mlp),
+        image_size=image_size,
+        text_len=text_len,
+        head=VQAHeadConfig(hidden=head_hidden, answers=answers),
+        paper_tokens="200+40" if name == "vilt-b32" else None,
+        source="Kim et al. 2021 (ViLT), arXiv 2102.03334",
+    )
+
+
+def _clip(name: str, *, patch: int, image: int, vision: tuple[int, int, int, int],
+          text: tuple[int, int, int, int], embed_dim: int, vocab: int, context: int,
+          description: str) -> Preset:
+    vw, vd, vh, vm = vision
+    tw, td, th, tm = text
+    grid = image // patch
+    return Preset(
+        name=name,
+        description=description,
+        visual=PatchProjectionConfig(width=vw, patch_size=patch, pos_grid=(grid, grid), bias=False),
+        text=ClipTextConfig(vocab_size=vocab, width=tw, max_positions=context),
+        fusion=DualEncoderConfig(
+            embed_dim=embed_dim, vision_width=vw, vision_depth=vd, vision_heads=vh,
+            vision_mlp_dim=vm, text_width=tw, text_depth=td, text_heads=th, text_mlp_dim=tm,
+        ),
+        image_size=(image, image),
+        text_len=context,
+        source="Radford et al. 2021 (CLIP), arXiv 2103.00020",
+    )
+
+
+_register(
+    _vilt("vilt-b32", width=768, depth=12, heads=12, mlp=3072, patch=32, pos_grid=(12, 12),
+          vocab=30522, text_len=40, image_size=(384, 640), head_hidden=1536, answers=3129,
+          description="ViLT-B/32: patch projection + single-stream ViT-B, 240 patches + 40 text"),
+    _vilt("vilt-b32-tiny", width=64, depth=2, heads=2, mlp=128, patch=32, pos_grid=(2, 2),
+          vocab=1000, text_len=8, image_size=(64, 96), head_hidden=128, answers=10,
+          description="ViLT-B/32 twin for tests: 2 layers, width 64"),
+)
+
+for _patch in (32, 16):
+    _register(
+        _clip(f"clip-vit-b{_patch}", patch=_patch, image=224, vision=(768, 12, 12, 3072),
+              text=(512, 12, 8, 2048), embed_dim=512, vocab=49408, context=77,
+              description=f"CLIP ViT-B/{_patch}: dual encoder, 224x224 + 77 text tokens"),
+        _clip(f"clip-vit-b{_patch}-tiny", patch=_patch // 2, image=64, vision=(64, 2, 2, 128),
+              text=(32, 2, 2, 64), embed_dim=32, vocab=1000, context=16,
+              description=f"CLIP ViT-B/{_patch} twin for tests: 2 layers per tower"),
+    )

@@ -1,0 +1,78 @@
+"""Embedders: images or token ids -> ``Tokens``.
+
+Plain PyTorch, importable on its own. ``EMBEDDERS`` maps a name to an ``EmbedderSpec`` (the
+config dataclass and the module it builds); ``build_embedder(config)`` turns a config into a
+module with explicit keyword arguments, so leaf modules never see a config object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from torch import nn
+
+from .patch import PatchProjection, PatchProjectionConfig
+from .registry import Registry, UnknownNameError
+from .text import BertTextConfig, BertTextEmbedding, ClipTextConfig, ClipTextEmbedding
+from .tokens import ImageBatch, Tokens
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    name: str
+    modality: str  # "visual" or "text"
+    kind: str  # stage category: patch, grid, region, text
+    config: type
+    module: type[nn.Module]
+    description: str
+
+
+EMBEDDERS: Registry[EmbedderSpec] = Registry("embedder")
+EMBEDDERS.register(
+    "patch",
+    EmbedderSpec("patch", "visual", "patch", PatchProjectionConfig, PatchProjection,
+                 "linear patch projection (ViLT, CLIP/ViT stem)"),
+)
+EMBEDDERS.register(
+    "bert-text",
+    EmbedderSpec("bert-text", "text", "text", BertTextConfig, BertTextEmbedding,
+                 "BERT word + position + type embeddings, LayerNorm"),
+)
+EMBEDDERS.register(
+    "clip-text",
+    EmbedderSpec("clip-text", "text", "text", ClipTextConfig, ClipTextEmbedding,
+                 "CLIP token + position embeddings"),
+)
+
+
+def spec_for_config(config: Any) -> EmbedderSpec:
+    for name in EMBEDDERS:
+        spec = EMBEDDERS.get(name)
+        if isinstance(config, spec.config):
+            return spec
+    raise TypeError(f"no embedder registered for {type(config).__name__}")
+
+
+def build_embedder(config: Any) -> nn.Module:
+    """Build the embedder a config dataclass describes."""
+    spec = spec_for_config(config)
+    return spec.module(**{f.name: getattr(config, f.name) for f in fields(config)})
+
+
+__all__ = [
+    "EMBEDDERS",
+    "BertTextConfig",
+    "BertTextEmbedding",
+    "ClipTextConfig",
+    "ClipTextEmbedding",
+    "EmbedderSpec",
+    "ImageBatch",
+    "PatchProjection",
+    "PatchProjectionConfig",
+    "Registry",
+    "Tokens",
+    "UnknownNameError",
+    "build_embedder",
+    "spec_for_config",
+]

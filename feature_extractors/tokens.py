@@ -1,0 +1,65 @@
+"""The two data types every embedder speaks: an image batch in, ``Tokens`` out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A batch of token sequences of one modality.
+
+    ``embeds`` (B, N, D); ``mask`` (B, N) bool, True where a token is real (not padding);
+    ``boxes`` (B, N, 4) in pixels (x1, y1, x2, y2) for region tokens, else None.
+    """
+
+    embeds: torch.Tensor
+    mask: torch.Tensor
+    boxes: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        b, n = self.embeds.shape[:2]
+        if self.mask.shape != (b, n):
+            raise ValueError(
+                f"mask {tuple(self.mask.shape)} does not match embeds (B, N) = {(b, n)}"
+            )
+
+    @property
+    def width(self) -> int:
+        return self.embeds.shape[-1]
+
+
+@dataclass(frozen=True)
+class ImageBatch:
+    """Padded images plus each image's size on the host, like torchvision's ``ImageList``.
+
+    ``tensor`` (B, 3, H, W) holds the images top-left aligned and zero padded to a common size;
+    ``image_sizes`` holds each image's real (height, width) as Python ints, so grid sizes,
+    position-embedding interpolation, anchors and padding masks never ask the device for a shape
+    (which would be a device-to-host synchronisation inside a timed stage).
+    """
+
+    tensor: torch.Tensor
+    image_sizes: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        if len(self.image_sizes) != self.tensor.shape[0]:
+            raise ValueError("one image size per image is required")
+        h, w = self.tensor.shape[-2:]
+        for ih, iw in self.image_sizes:
+            if ih > h or iw > w:
+                raise ValueError(f"image size {(ih, iw)} exceeds the padded tensor {(h, w)}")
+
+    @staticmethod
+    def from_tensor(tensor: torch.Tensor) -> ImageBatch:
+        """All images the full size of ``tensor``."""
+        h, w = tensor.shape[-2:]
+        return ImageBatch(tensor, tuple((int(h), int(w)) for _ in range(tensor.shape[0])))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ImageBatch:
+        return ImageBatch(self.tensor.to(device=device, dtype=dtype), self.image_sizes)
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)

@@ -1,0 +1,127 @@
+"""The timing engine on a model whose stages do known, real work (milliseconds of matmuls)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vlbench.stats import summarize
+from vlbench.timing import (
+    StageHooks,
+    StageNotFiredError,
+    TimingOptions,
+    check_fired,
+    measure,
+)
+
+
+class MatmulWork(nn.Module):
+    """``rounds`` products of a (256, 256) matrix with a (256, 256) weight."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.rounds = rounds
+        self.weight = nn.Parameter(torch.randn(256, 256) / 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(self.rounds):
+            x = torch.tanh(x @ self.weight)
+        return x
+
+
+class TwoStageModel(nn.Module):
+    """``light`` does N rounds, ``heavy`` 2N; ``shared`` runs twice per forward."""
+
+    def __init__(self, rounds: int = 40) -> None:
+        super().__init__()
+        self.light = MatmulWork(rounds)
+        self.heavy = MatmulWork(2 * rounds)
+        self.shared = MatmulWork(rounds // 4)
+        self.unused = MatmulWork(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.light(x)
+        x = self.heavy(x)
+        return self.shared(self.shared(x))
+
+
+@pytest.fixture(scope="module")
+def measured():
+    torch.manual_seed(0)
+    model = TwoStageModel().eval()
+    x = torch.randn(256, 256)
+
+    def forward() -> object:
+        with torch.inference_mode():
+            return model(x)
+
+    options = TimingOptions(warmup=2, min_repeats=8, min_time_s=0.0, max_repeats=8)
+    return measure(forward, model, ["light", "heavy", "shared"], torch.device("cpu"), options)
+
+
+def test_counts_and_calls(measured):
+    assert len(measured.end_to_end_ms) == 8
+    assert all(len(v) == 8 for v in measured.stages_ms.values())
+    assert measured.calls == {"light": 1, "heavy": 1, "shared": 2}
+
+
+def test_stage_sum_tracks_end_to_end(measured):
+    e2e = np.median(measured.end_to_end_ms)
+    stage_sum = sum(np.median(v) for v in measured.stages_ms.values())
+    assert e2e > 2.0, "the stages must do milliseconds of real work for this check to mean much"
+    assert abs(stage_sum - e2e) / e2e < 0.25
+
+
+def test_twice_the_work_takes_longer(measured):
+    assert np.median(measured.stages_ms["heavy"]) > np.median(measured.stages_ms["light"])
+
+
+def test_summary_of_raw_samples_matches_numpy(measured):
+    summary = summarize(measured.end_to_end_ms)
+    assert summary.median_ms == pytest.approx(np.median(measured.end_to_end_ms))
+    assert summary.n == 8
+
+
+def test_a_declared_stage_that_never_fires_is_an_error():
+    model = TwoStageModel(rounds=4)
+    x = torch.randn(256, 256)
+    with StageHooks(model, ["light", "unused"], torch.device("cpu")) as hooks:
+        model(x)
+        per_stage = hooks.collect()
+    assert per_stage["unused"] == (0.0, 0)
+    with pytest.raises(StageNotFiredError, match="unused"):
+        check_fired(per_stage)
+    options = TimingOptions(warmup=0, min_repeats=1, min_time_s=0.0, max_repeats=1)
+    with pytest.raises(StageNotFiredError):
+        measure(lambda: model(x), model, ["unused"], torch.device("cpu"), options)
+
+
+def test_hooks_are_removed_after_use():
+    model = TwoStageModel(rounds=1)
+    with StageHooks(model, ["light"], torch.device("cpu")):
+        assert model.light._forward_pre_hooks and model.light._forward_hooks
+    assert not model.light._forward_pre_hooks and not model.light._forward_hooks
+
+
+def test_repetitions_stop_on_count_and_time():
+    model = TwoStageModel(rounds=1)
+    x = torch.randn(256, 256)
+    few = measure(lambda: model(x), model, ["light"], torch.device("cpu"),
+                  TimingOptions(warmup=0, min_repeats=3, min_time_s=0.0, max_repeats=100))
+    assert len(few.end_to_end_ms) == 3  # fast case, no minimum time: stops at the count
+    timed = measure(lambda: model(x), model, ["light"], torch.device("cpu"),
+                    TimingOptions(warmup=0, min_repeats=3, min_time_s=0.2, max_repeats=100000))
+    total_s = (sum(timed.end_to_end_ms) + sum(timed.stages_ms["light"])) / 1e3
+    assert len(timed.end_to_end_ms) > 3 and total_s > 0.0  # kept going until 0.2 s had passed
+    capped = measure(lambda: model(x), model, ["light"], torch.device("cpu"),
+                     TimingOptions(warmup=0, min_repeats=2, min_time_s=60.0, max_repeats=4))
+    assert len(capped.end_to_end_ms) == 4  # the cap wins over the minimum time
+
+
+@pytest.mark.parametrize("bad", [dict(min_repeats=0), dict(warmup=-1), dict(min_time_s=-1.0),
+                                 dict(min_repeats=5, max_repeats=2)])
+def test_timing_options_reject_impossible_settings(bad):
+    with pytest.raises(ValueError):
+        TimingOptions(**bad)

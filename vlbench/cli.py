@@ -1,0 +1,283 @@
+"""The ``vlbench`` command: list, run, profile, export.
+
+Each subcommand is one function. Bad input (unknown names, malformed sizes or lists, a file
+that is not a store) ends with a one-line ``vlbench: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from .store import NotAStoreError, Store, default_db_path
+from .suites import SuiteError, parse_image_size, parse_int_list
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlbench",
+        description="Where the time goes in vision-language models: per-stage latency, "
+        "FLOPs, parameters and memory.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list models, embedders, fusion schemes or suites")
+    p.add_argument("what", nargs="?", default="models",
+                   choices=["models", "embedders", "fusions", "suites"])
+
+    p = sub.add_parser("run", help="run a suite and store the results")
+    p.add_argument("--suite", default="latency", help="built-in suite name or a .yaml path")
+    p.add_argument("--models", help="comma-separated presets (default: the suite's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--batch-sizes", help="comma-separated, e.g. 1,8 (default: the suite's)")
+    p.add_argument("--precisions", help="comma-separated: fp32, tf32, bf16, fp16")
+    p.add_argument("--image-size", help="HxW for every model (default: each canonical input)")
+    p.add_argument("--text-len", type=int, help="text tokens (default: each canonical input)")
+    p.add_argument("--warmup", type=int, help="warm-up forwards per case")
+    p.add_argument("--repeats", type=int, help="minimum timed iterations per case")
+    p.add_argument("--min-time", type=float, help="minimum timed seconds per case")
+    p.add_argument("--max-repeats", type=int, help="at most this many timed iterations")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--head", action="store_true", help="include each preset's task head")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", help="a label stored with the run")
+    p.add_argument("--db", help=f"results database (default {default_db_path()})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("profile", help="parameters and FLOPs per stage, no timing")
+    p.add_argument("model")
+    p.add_argument("--image-size", help="HxW (default: the canonical input)")
+    p.add_argument("--text-len", type=int)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--head", action="store_true")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = sub.add_parser("export", help="export a stored run as JSON or CSV")
+    p.add_argument("--run", default="latest", help="run id or 'latest' (default)")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--out", help="write to this file instead of standard output")
+    p.add_argument("--db", help=f"results database (default {default_db_path()})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    args.argv = ["vlbench", *argv]  # recorded with a run: the command that reproduces it
+    handlers = {"list": cmd_list, "run": cmd_run, "profile": cmd_profile, "export": cmd_export}
+    try:
+        return handlers[args.command](args)
+    except (UsageError, SuiteError, NotAStoreError, KeyError, ValueError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"vlbench: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parse(fn, *args):  # noqa: ANN001, ANN202 - turns a ValueError into a usage error
+    try:
+        return fn(*args)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from architectures import FUSIONS, PRESETS
+    from feature_extractors import EMBEDDERS
+
+    from .suites import builtin_suites, load_suite
+
+    if args.what == "models":
+        for name in PRESETS:
+            p = PRESETS.get(name)
+            h, w = p.image_size
+            print(f"{name:<20} {h}x{w} + {p.text_len} text  {p.description}")
+    elif args.what == "embedders":
+        for name in EMBEDDERS:
+            e = EMBEDDERS.get(name)
+            print(f"{name:<12} {e.modality:<7} {e.description}")
+    elif args.what == "fusions":
+        for name in FUSIONS:
+            print(f"{name:<14} {FUSIONS.get(name).description}")
+    else:
+        for name in builtin_suites():
+            print(f"{name:<10} {load_suite(name).description}")
+    return 0
+
+
+def _csv_names(text: str, registry_get) -> list[str]:  # noqa: ANN001
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UsageError(f"expected comma-separated names, got {text!r}")
+    for name in names:
+        registry_get(name)  # one-line KeyError listing the valid names
+    return names
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import torch
+
+    from architectures import PRESETS
+
+    from .env import collect_environment
+    from .precision import check_precision
+    from .runner import CaseOptions, DeviceError, resolve_device, run_cases
+    from .suites import ModelEntry, load_suite
+    from .timing import TimingOptions
+
+    suite = load_suite(args.suite)
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from None
+    image_size = _parse(parse_image_size, args.image_size) if args.image_size else None
+    if args.text_len is not None and args.text_len <= 0:
+        raise UsageError(f"--text-len must be a positive integer, got {args.text_len}")
+    entries = suite.models
+    if args.models:
+        entries = tuple(ModelEntry(m) for m in _csv_names(args.models, PRESETS.get))
+    entries = tuple(
+        ModelEntry(e.model, image_size or e.image_size, args.text_len or e.text_len)
+        for e in entries
+    )
+    changes: dict = {"models": entries}
+    if args.batch_sizes:
+        changes["batch_sizes"] = _parse(parse_int_list, args.batch_sizes, "--batch-sizes")
+    if args.precisions:
+        precisions = tuple(p.strip() for p in args.precisions.split(","))
+        for p in precisions:
+            _parse(check_precision, p)
+        changes["precisions"] = precisions
+    suite = type(suite)(**{**suite.__dict__, **changes})
+
+    timing = dict(suite.timing)
+    for key, value in (("warmup", args.warmup), ("min_repeats", args.repeats),
+                       ("min_time_s", args.min_time), ("max_repeats", args.max_repeats)):
+        if value is not None:
+            timing[key] = value
+    try:
+        timing_options = TimingOptions(**timing)
+    except TypeError as exc:
+        raise UsageError(f"suite {suite.name}: bad 'timing' entry ({exc})") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise UsageError(f"--threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    options = CaseOptions(timing=timing_options, head=args.head, seed=args.seed)
+    cases = suite.cases(device)
+
+    argv = args.argv
+    with Store.open(args.db) as store:
+        run_id = store.start_run(
+            label=args.label, suite=suite.name, command=shlex.join(argv),
+            env=collect_environment(device, argv=argv),
+            settings={"suite": suite.name, "device": device, "timing": timing_options.__dict__,
+                      "head": args.head, "seed": args.seed, "threads": torch.get_num_threads(),
+                      "cases": [c.__dict__ for c in cases]},
+        )
+        print(f"run {run_id}: suite {suite.name}, {len(cases)} case(s) on {device}, "
+              f"results in {store.path}", file=sys.stderr)
+        stop = threading.Event()
+        beat = threading.Thread(target=_heartbeat, args=(store, run_id, stop), daemon=True)
+        beat.start()
+        progress = _progress(len(cases), disable=args.no_progress)
+        status = "failed"
+        try:
+            def record(result):  # noqa: ANN001, ANN202
+                store.add_case(run_id, result)
+                progress.set_postfix_str(f"{result.spec.model} {result.status}")
+                progress.update(1)
+
+            def announce(spec):  # noqa: ANN001, ANN202
+                progress.set_description(f"{spec.model} b{spec.batch_size} {spec.precision}")
+
+            results = run_cases(cases, options, record, before=announce)
+            status = "finished"
+        except KeyboardInterrupt:
+            status = "interrupted"
+            print(f"\ninterrupted: finished cases are kept in run {run_id}", file=sys.stderr)
+            return 130
+        finally:
+            progress.close()
+            stop.set()
+            store.finish_run(run_id, status)
+    from .table import results_table
+
+    print(results_table(results))
+    print(f"\nrun {run_id} stored in {store.path}; export with: vlbench export --run {run_id}")
+    failed = [r for r in results if r.status != "ok"]
+    return 1 if failed and len(failed) == len(results) else 0
+
+
+def _heartbeat(store: Store, run_id: int, stop: threading.Event) -> None:
+    while not stop.wait(60):
+        with contextlib.suppress(Exception):  # a missed heartbeat must not kill the run
+            store.heartbeat(run_id)
+
+
+def _progress(total: int, disable: bool):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="case", file=sys.stderr, disable=disable, dynamic_ncols=True)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import profile_model
+
+    image_size = _parse(parse_image_size, args.image_size) if args.image_size else None
+    if args.batch_size <= 0 or (args.text_len is not None and args.text_len <= 0):
+        raise UsageError("--batch-size and --text-len must be positive integers")
+    profile = profile_model(args.model, image_size=image_size, text_len=args.text_len,
+                            batch_size=args.batch_size, head=args.head)
+    if args.format == "json":
+        print(json.dumps(profile, indent=2))
+        return 0
+    h, w = profile["image_size"]
+    tokens = profile["tokens"]
+    print(f"{profile['model']}: batch {profile['batch_size']}, {h}x{w} "
+          f"({tokens['image']} image tokens) + {profile['text_len']} text tokens; "
+          f"FLOPs: {profile['flop_convention']}")
+    print(f"{'stage':<24} {'kind':<16} {'params (M)':>11} {'GFLOPs':>10}")
+    for name, s in profile["stages"].items():
+        label = ("  " if s["parent"] else "") + name
+        print(f"{label:<24} {s['kind']:<16} {s['params'] / 1e6:>11.2f} {s['flops'] / 1e9:>10.2f}")
+    print(f"{'total':<24} {'':<16} {profile['params_total'] / 1e6:>11.2f} "
+          f"{profile['flops_total'] / 1e9:>10.2f}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_csv, export_json
+
+    path = Path(args.db) if args.db else default_db_path()
+    if not path.exists():
+        raise UsageError(f"no results database at {path}; run 'vlbench run' first or pass --db")
+    with Store.open(path) as store:
+        run_id = store.resolve_run(args.run)
+        if args.format == "json":
+            text = json.dumps(export_json(store, [run_id]), indent=2)
+        else:
+            text = export_csv(store, [run_id])
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

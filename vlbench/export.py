@@ -1,0 +1,320 @@
+"""Export stored runs as JSON, CSV or a pandas DataFrame, in a layout other tools can rely on.
+
+The JSON layout below is the documented schema (``vlbench.results``). Its version is
+``vlbench.results.SCHEMA_VERSION``: renaming or removing a field bumps it, adding one does not, so
+readers should ignore fields they do not know. Only the last attempt of each case is exported.
+Times are milliseconds; ``None`` (JSON ``null``) means "not measured".
+
+Top level
+
+=================  ==========  ================================================================
+field              type        meaning
+=================  ==========  ================================================================
+schema             str         always ``"vlbench.results"``
+schema_version     int         layout version, ``SCHEMA_VERSION``
+runs               list[run]   the exported runs, in the order asked for
+=================  ==========  ================================================================
+
+run
+
+=================  ==========  ================================================================
+id                 int         run id in the store (``vlbench ... --run ID``)
+label              str|null    the user's label for the run
+suite              str|null    the suite the run executed
+status             str         running, finished, interrupted or failed (a dead run that never
+                               finished reads interrupted)
+started_at         str         UTC ISO 8601
+finished_at        str|null    UTC ISO 8601; null while running or after a crash
+host               str         host name the run ran on
+command            str         the command line that started the run
+environment        object      software/hardware environment recorded at start
+settings           object      run-wide settings (repeats, warm-up, seeds, ...)
+cases              list[case]  one entry per case, in measurement order
+=================  ==========  ================================================================
+
+case (``case_row``)
+
+=================  ==========  ================================================================
+case_key           str         stable identity of the case within its run
+model              str         model name
+embedder           str         visual embedder (e.g. region features, patches)
+fusion             str         fusion style (single-stream, dual-stream, ...)
+batch_size         int         batch size
+image_size         [int, int]  input image [height, width] in pixels
+text_len           int         text length in tokens
+tokens             object      tokens per modality, e.g. {"text": 40, "image": 241}
+precision          str         numeric precision (fp32, fp16, bf16, ...)
+device             str         device the case ran on (cpu, cuda, ...)
+status             str         ok, oom or error
+message            str         why a case is not ok; empty when ok
+end_to_end         timing|null end-to-end latency of one forward; null when not ok
+stage_sum_ms       float|null  sum of the top-level stages' medians (compare with end_to_end)
+stages             object      {stage name: stage}, in execution order
+flops_total        int         FLOPs of one forward (one multiply-add = 2 FLOPs)
+params_total       int         parameter count
+peak_mem_bytes     int|null    GPU allocator peak during the case; null on CPU
+settings           object      per-case settings (precision flags, threads, seeds)
+wall_s             float       wall time spent on the case, model build included
+=================  ==========  ================================================================
+
+timing (``end_to_end``)
+
+=================  ==========  ================================================================
+median_ms          float       median latency
+iqr_ms             float       inter-quartile range
+p90_ms             float       90th percentile
+mean_ms            float       mean latency
+cv                 float       coefficient of variation (std / mean)
+n                  int         number of timed repetitions
+ci_low_ms          float       lower bound of the distribution-free confidence interval of the
+                               median
+ci_high_ms         float       upper bound of that interval
+ci_coverage        float       exact coverage of that interval for this n (e.g. 0.96)
+unstable           bool        cv above the stability threshold: treat the median with care
+samples_ms         list[float] every timed repetition, in order
+=================  ==========  ================================================================
+
+stage (``stages[name]``)
+
+=================  ==========  ================================================================
+kind               str         category used by reports (backbone, region_ops, ...)
+parent             str|null    enclosing stage; null for a top-level stage. Nested stages are
+                               included in their parent: do not add them up with it
+median_ms          float|null  median latency; null when the stage was not timed
+iqr_ms             float|null  inter-quartile range
+p90_ms             float|null  90th percentile
+cv                 float|null  coefficient of variation
+n                  int|null    number of timed repetitions
+calls              int         calls of this stage per model forward
+flops              int         FLOPs per model forward
+params             int         parameters of the stage
+peak_mem_bytes     int|null    GPU allocator peak while the stage ran
+host_sync          bool        the stage synchronises with the host by design (NMS, selection)
+samples_ms         list[float] every timed repetition, in order
+=================  ==========  ================================================================
+
+CSV (``export_csv``) and DataFrame (``to_dataframe``) flatten this to one row per case with
+``stage = "end_to_end"`` (its flops/params/peak memory are the case totals) followed by one row
+per stage, with the columns in ``CSV_COLUMNS``. ``parent`` is there so that sums over stages can
+skip nested ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from vlbench.results import SCHEMA_VERSION, CaseResult, Summary
+from vlbench.store import Store, case_key
+
+if TYPE_CHECKING:
+    import pandas
+
+SCHEMA_NAME = "vlbench.results"
+
+_CASE_COLUMNS = (
+    "run_id",
+    "model",
+    "embedder",
+    "fusion",
+    "batch_size",
+    "image_h",
+    "image_w",
+    "text_len",
+    "precision",
+    "device",
+    "status",
+    "message",
+)
+_STAGE_TIMING_FIELDS = ("median_ms", "iqr_ms", "p90_ms", "cv", "n")
+_STAGE_COLUMNS = (
+    "kind",
+    "parent",
+    *_STAGE_TIMING_FIELDS,
+    "calls",
+    "flops",
+    "params",
+    "peak_mem_bytes",
+)
+#: Columns of the CSV and the DataFrame, in order.
+CSV_COLUMNS = (*_CASE_COLUMNS, "stage", *_STAGE_COLUMNS)
+
+
+def _timing(summary: Summary, samples_ms: tuple[float, ...]) -> dict[str, Any]:
+    return {
+        "median_ms": summary.median_ms,
+        "iqr_ms": summary.iqr_ms,
+        "p90_ms": summary.p90_ms,
+        "mean_ms": summary.mean_ms,
+        "cv": summary.cv,
+        "n": summary.n,
+        "ci_low_ms": summary.ci_low_ms,
+        "ci_high_ms": summary.ci_high_ms,
+        "ci_coverage": summary.ci_coverage,
+        "unstable": summary.unstable,
+        "samples_ms": list(samples_ms),
+    }
+
+
+def case_row(result: CaseResult) -> dict[str, Any]:
+    """One case in the export layout (see the module docstring): flat, JSON-ready, self-contained.
+
+    Raises ValueError when two stages share a name, since ``stages`` is keyed by name and one
+    would silently hide the other.
+    """
+    spec = result.spec
+    stages: dict[str, dict[str, Any]] = {}
+    for stage in result.stages:
+        if stage.name in stages:
+            raise ValueError(f"case {case_key(spec)} has two stages named {stage.name!r}")
+        timing = stage.timing
+        stages[stage.name] = {
+            "kind": stage.kind,
+            "parent": stage.parent,
+            **{f: getattr(timing, f) if timing else None for f in _STAGE_TIMING_FIELDS},
+            "calls": stage.calls,
+            "flops": stage.flops,
+            "params": stage.params,
+            "peak_mem_bytes": stage.peak_mem_bytes,
+            "host_sync": stage.host_sync,
+            "samples_ms": list(stage.samples_ms),
+        }
+    ok = result.status == "ok" and result.end_to_end is not None
+    return {
+        "case_key": case_key(spec),
+        "model": spec.model,
+        "embedder": result.embedder,
+        "fusion": result.fusion,
+        "batch_size": spec.batch_size,
+        "image_size": [spec.image_size[0], spec.image_size[1]],
+        "text_len": spec.text_len,
+        "tokens": dict(result.tokens),
+        "precision": spec.precision,
+        "device": spec.device,
+        "status": result.status,
+        "message": result.message,
+        "end_to_end": _timing(result.end_to_end, result.end_to_end_samples_ms) if ok else None,
+        "stage_sum_ms": result.stage_sum_ms,
+        "stages": stages,
+        "flops_total": result.flops_total,
+        "params_total": result.params_total,
+        "peak_mem_bytes": result.peak_mem_bytes,
+        "settings": dict(result.settings),
+        "wall_s": result.wall_s,
+    }
+
+
+def export_json(store: Store, run_ids: list[int]) -> dict[str, Any]:
+    """The documented JSON layout for the given runs (unknown ids raise the store's KeyError)."""
+    runs = []
+    for run_id in run_ids:
+        run = store.get_run(run_id)
+        runs.append(
+            {
+                "id": run.id,
+                "label": run.label,
+                "suite": run.suite,
+                "status": run.status,
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
+                "host": run.host,
+                "command": run.command,
+                "environment": run.env,
+                "settings": run.settings,
+                "cases": [case_row(result) for result in store.cases(run_id)],
+            }
+        )
+    return {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "runs": runs}
+
+
+def _flat_rows(export: dict[str, Any]) -> list[dict[str, Any]]:
+    """CSV/DataFrame rows from an export dict, so both flat forms come from one code path."""
+    rows: list[dict[str, Any]] = []
+    for run in export["runs"]:
+        for case in run["cases"]:
+            height, width = case["image_size"]
+            common = {
+                "run_id": run["id"],
+                "model": case["model"],
+                "embedder": case["embedder"],
+                "fusion": case["fusion"],
+                "batch_size": case["batch_size"],
+                "image_h": height,
+                "image_w": width,
+                "text_len": case["text_len"],
+                "precision": case["precision"],
+                "device": case["device"],
+                "status": case["status"],
+                "message": case["message"],
+            }
+            e2e = case["end_to_end"] or {}
+            rows.append(
+                {
+                    **common,
+                    "stage": "end_to_end",
+                    "kind": "end_to_end",
+                    "parent": None,
+                    **{f: e2e.get(f) for f in _STAGE_TIMING_FIELDS},
+                    "calls": None,
+                    "flops": case["flops_total"],
+                    "params": case["params_total"],
+                    "peak_mem_bytes": case["peak_mem_bytes"],
+                }
+            )
+            for name, stage in case["stages"].items():
+                rows.append(
+                    {
+                        **common,
+                        "stage": name,
+                        **{col: stage[col] for col in _STAGE_COLUMNS},
+                    }
+                )
+    return rows
+
+
+def export_csv(store: Store, run_ids: list[int]) -> str:
+    """A flat CSV (columns ``CSV_COLUMNS``) for spreadsheets; write it with ``newline=""``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(_flat_rows(export_json(store, run_ids)))
+    return buffer.getvalue()
+
+
+def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read an export back, refusing files of another layout rather than misreading them."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: not a vlbench results export (schema {found!r})")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        raise ValueError(
+            f"{path}: schema_version {version!r} is not supported; this vlbench reads "
+            f"{SCHEMA_VERSION}"
+        )
+    return data
+
+
+def to_dataframe(
+    store_or_export: Store | dict[str, Any], run_ids: list[int] | None = None
+) -> pandas.DataFrame:
+    """The CSV's rows as a DataFrame, for analysis; a Store exports ``run_ids`` (default: all)."""
+    import pandas as pd
+
+    if isinstance(store_or_export, Store):
+        ids = store_or_export.run_ids() if run_ids is None else run_ids
+        export = export_json(store_or_export, ids)
+    else:
+        export = store_or_export
+        if run_ids is not None:
+            wanted = set(run_ids)
+            export = {**export, "runs": [r for r in export["runs"] if r["id"] in wanted]}
+    return pd.DataFrame.from_records(_flat_rows(export), columns=list(CSV_COLUMNS))

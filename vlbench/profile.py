@@ -1,0 +1,49 @@
+"""Parameters and FLOPs per stage without timing, on the meta device: full published sizes cost
+no memory and no initialisation time, so tests can check them too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from architectures import PRESETS, build_model
+
+from .flops import count_flops, count_params
+
+
+def profile_model(
+    name: str,
+    *,
+    image_size: tuple[int, int] | None = None,
+    text_len: int | None = None,
+    batch_size: int = 1,
+    head: bool = False,
+) -> dict[str, Any]:
+    """The export schema's field names: params_total, flops_total, stages {name: {...}}."""
+    preset = PRESETS.get(name)
+    image_size = image_size or preset.image_size
+    text_len = text_len or preset.text_len
+    with torch.device("meta"):
+        model = build_model(preset, head=head).eval()
+    inputs = model.example_inputs(batch_size, image_size, text_len, device="meta")
+    stages = model.stages()
+    names = [s.name for s in stages]
+    params_total, params = count_params(model, names)
+    with torch.inference_mode():
+        flops_total, flops = count_flops(model, lambda: model(*inputs), names)
+    return {
+        "model": name,
+        "batch_size": batch_size,
+        "image_size": list(image_size),
+        "text_len": text_len,
+        "tokens": model.num_tokens(image_size, text_len),
+        "flop_convention": "one multiply-add = 2 FLOPs",
+        "params_total": params_total,
+        "flops_total": flops_total,
+        "stages": {
+            s.name: {"kind": s.kind, "parent": s.parent, "params": params[s.name],
+                     "flops": flops[s.name]}
+            for s in stages
+        },
+    }

@@ -1,0 +1,109 @@
+"""Immutable records of what a run measured: the vocabulary shared by runner, store and export.
+
+A case is one (model, batch size, input size, precision, device) measurement. Its record carries
+everything a later reader needs without the code that produced it: the statistics, the raw
+samples, FLOPs and parameters per stage, and the status (``ok`` / ``oom`` / ``error``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: Version of the exported JSON layout (``vlbench export --format json``). Bump on any change
+#: that renames or removes a field; adding a field keeps the version.
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "oom", "error")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Robust statistics of one series of timings, in milliseconds."""
+
+    median_ms: float
+    iqr_ms: float
+    p90_ms: float
+    mean_ms: float
+    cv: float  # coefficient of variation: std / mean
+    n: int
+    ci_low_ms: float  # distribution-free confidence interval of the median
+    ci_high_ms: float
+    ci_coverage: float  # the exact coverage the order statistics give for this n (e.g. 0.96)
+    unstable: bool  # cv above the stability threshold
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One named stage of one case: time (when timed), FLOPs, parameters, memory."""
+
+    name: str
+    kind: str  # category used by reports: backbone, region_ops, visual_embedding, ...
+    parent: str | None  # enclosing stage, None for a top-level stage
+    timing: Summary | None
+    calls: int  # forward calls per model forward (LXMERT's shared cross-attention: 2)
+    flops: int  # convention: one multiply-add counts 2 FLOPs
+    params: int
+    peak_mem_bytes: int | None = None  # GPU only: allocator peak while the stage ran
+    samples_ms: tuple[float, ...] = ()
+    host_sync: bool = False  # the stage synchronises with the host by design (NMS, selection)
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """What to measure: enough to reproduce the case."""
+
+    model: str
+    batch_size: int
+    image_size: tuple[int, int]  # (height, width)
+    text_len: int
+    precision: str
+    device: str
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """The outcome of one case; ``status`` other than ``ok`` carries ``message`` and no timings."""
+
+    spec: CaseSpec
+    status: str
+    message: str = ""
+    embedder: str = ""
+    fusion: str = ""
+    tokens: dict[str, int] = field(default_factory=dict)  # {"text": 40, "image": 241}
+    end_to_end: Summary | None = None
+    end_to_end_samples_ms: tuple[float, ...] = ()
+    stage_sum_ms: float | None = None  # sum of the top-level stages' medians
+    stages: tuple[StageResult, ...] = ()
+    flops_total: int = 0
+    params_total: int = 0
+    peak_mem_bytes: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)  # precision flags, threads, seeds
+    wall_s: float = 0.0  # wall time spent on the case, build included
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> CaseResult:
+        spec = CaseSpec(**{**data["spec"], "image_size": tuple(data["spec"]["image_size"])})
+        e2e = Summary(**data["end_to_end"]) if data.get("end_to_end") else None
+        stages = tuple(
+            StageResult(
+                **{
+                    **s,
+                    "timing": Summary(**s["timing"]) if s.get("timing") else None,
+                    "samples_ms": tuple(s.get("samples_ms", ())),
+                }
+            )
+            for s in data.get("stages", ())
+        )
+        rest = {
+            k: v for k, v in data.items() if k not in {"spec", "end_to_end", "stages"}
+        }
+        rest["end_to_end_samples_ms"] = tuple(rest.get("end_to_end_samples_ms", ()))
+        return CaseResult(spec=spec, end_to_end=e2e, stages=stages, **rest)

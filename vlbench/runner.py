@@ -1,0 +1,165 @@
+"""Runs cases: builds a model from its preset, counts FLOPs and parameters per stage, times it,
+and turns the raw samples into a ``CaseResult``. A failing case (out of memory, any error) is
+recorded as that case's failure and the run goes on."""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+
+from architectures import PRESETS, build_model
+from feature_extractors import spec_for_config
+
+from .flops import count_flops, count_params
+from .memory import peak_bytes, reset_peak
+from .precision import apply_precision, autocast
+from .results import CaseResult, CaseSpec, StageResult
+from .stats import summarize
+from .timing import StageMemory, TimingOptions, measure
+
+#: a gap between the stage sum and end-to-end above this share is flagged in reports
+STAGE_GAP_LIMIT = 0.05
+
+
+class DeviceError(ValueError):
+    """The requested device is not usable here."""
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without a GPU is an error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError("device 'cuda' requested but no CUDA GPU is visible; "
+                              "use --device cpu")
+        return name
+    if name == "cpu":
+        return name
+    raise DeviceError(f"unknown device {name!r}; valid: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class CaseOptions:
+    timing: TimingOptions = TimingOptions()
+    head: bool = False
+    seed: int = 0
+
+
+def run_case(spec: CaseSpec, options: CaseOptions = CaseOptions()) -> CaseResult:
+    """Measure one case; never raises for a failure of the case itself."""
+    began = time.perf_counter()
+    try:
+        result = _measure_case(spec, options)
+    except Exception as exc:  # noqa: BLE001 - a case's failure is data, not a crash
+        status = "oom" if is_out_of_memory(exc) else "error"
+        message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+        if status == "error":
+            message += f" [{traceback.extract_tb(exc.__traceback__)[-1].name}]"
+        del exc  # drop the frames that hold tensors before freeing memory
+        result = CaseResult(spec=spec, status=status, message=message)
+    finally:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return CaseResult(**{**result.__dict__, "wall_s": round(time.perf_counter() - began, 3)})
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
+    preset = PRESETS.get(spec.model)
+    device = torch.device(spec.device)
+    settings = apply_precision(spec.precision)
+    settings.update(seed=options.seed, head=options.head, threads=torch.get_num_threads(),
+                    timing=options.timing.__dict__, flop_convention="2 per multiply-add")
+    torch.manual_seed(options.seed)
+    model = build_model(preset, head=options.head).to(device).eval()
+    inputs = model.example_inputs(spec.batch_size, spec.image_size, spec.text_len,
+                                  device=device, seed=options.seed)
+
+    def forward() -> object:
+        with torch.inference_mode(), autocast(spec.precision, device.type):
+            return model(*inputs)
+
+    stages = model.stages()
+    names = [s.name for s in stages]
+    params_total, params = count_params(model, names)
+    flops_total, flops = count_flops(model, forward, names)  # doubles as the first warm-up
+
+    reset_peak(device)
+    measured = measure(forward, model, names, device, options.timing)
+    peak = peak_bytes(device)
+    stage_peaks: dict[str, int] = {}
+    if device.type == "cuda":
+        with StageMemory(model, names, device) as tracker:
+            forward()
+        stage_peaks = tracker.peaks
+
+    stage_results = tuple(
+        StageResult(
+            name=s.name, kind=s.kind, parent=s.parent,
+            timing=summarize(measured.stages_ms[s.name]),
+            calls=measured.calls[s.name], flops=flops[s.name], params=params[s.name],
+            peak_mem_bytes=stage_peaks.get(s.name),
+            samples_ms=tuple(round(v, 4) for v in measured.stages_ms[s.name]),
+            host_sync=s.host_sync,
+        )
+        for s in stages
+    )
+    top = [r for r in stage_results if r.parent is None]
+    return CaseResult(
+        spec=spec,
+        status="ok",
+        embedder=spec_for_config(preset.visual).name,
+        fusion=_fusion_name(preset),
+        tokens=model.num_tokens(spec.image_size, spec.text_len),
+        end_to_end=summarize(measured.end_to_end_ms),
+        end_to_end_samples_ms=tuple(round(v, 4) for v in measured.end_to_end_ms),
+        stage_sum_ms=sum(r.timing.median_ms for r in top if r.timing),
+        stages=stage_results,
+        flops_total=flops_total,
+        params_total=params_total,
+        peak_mem_bytes=peak,
+        settings=settings,
+    )
+
+
+def _fusion_name(preset: object) -> str:
+    from architectures.fusion import fusion_spec_for_config
+
+    return fusion_spec_for_config(preset.fusion).name
+
+
+def run_cases(
+    cases: Iterable[CaseSpec],
+    options: CaseOptions,
+    on_result: Callable[[CaseResult], None],
+    before: Callable[[CaseSpec], None] | None = None,
+) -> list[CaseResult]:
+    """Run cases in order, handing each result to ``on_result`` (the store) as it finishes."""
+    results = []
+    for spec in cases:
+        if before is not None:
+            before(spec)
+        result = run_case(spec, options)
+        on_result(result)
+        results.append(result)
+    return results
+
+
+def stage_gap(result: CaseResult) -> float | None:
+    """(stage sum - end-to-end) / end-to-end, the share the hooks or the glue account for."""
+    if result.end_to_end is None or result.stage_sum_ms is None:
+        return None
+    return (result.stage_sum_ms - result.end_to_end.median_ms) / result.end_to_end.median_ms

@@ -1,0 +1,164 @@
+"""Suites: YAML files naming models, batch sizes and precisions, expanded into cases.
+
+Built-in suites ship as package data of ``benchmarks`` and are read with ``importlib.resources``,
+so they are found from a non-editable install too. A suite entry is a preset name, or a mapping
+``{model: NAME, image_size: HxW, text_len: N}`` that overrides the canonical input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from architectures import PRESETS
+
+from .precision import check_precision
+from .results import CaseSpec
+
+
+class SuiteError(ValueError):
+    """A suite that cannot be loaded; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    model: str
+    image_size: tuple[int, int] | None = None
+    text_len: int | None = None
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    models: tuple[ModelEntry, ...]
+    batch_sizes: tuple[int, ...] = (1,)
+    precisions: tuple[str, ...] = ("fp32",)
+    timing: dict[str, Any] = field(default_factory=dict)  # TimingOptions overrides
+
+    def cases(self, device: str) -> list[CaseSpec]:
+        out = []
+        for entry in self.models:
+            preset = PRESETS.get(entry.model)
+            for batch in self.batch_sizes:
+                for precision in self.precisions:
+                    out.append(CaseSpec(
+                        model=entry.model,
+                        batch_size=batch,
+                        image_size=entry.image_size or preset.image_size,
+                        text_len=entry.text_len or preset.text_len,
+                        precision=precision,
+                        device=device,
+                    ))
+        return out
+
+
+def _builtin_dir() -> Any:
+    return resources.files("benchmarks").joinpath("suites")
+
+
+def builtin_suites() -> list[str]:
+    return sorted(p.name[:-5] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """'384x640' -> (384, 640); '224' -> (224, 224)."""
+    parts = str(text).lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) <= 0:
+        raise ValueError(f"image size must look like HEIGHTxWIDTH (e.g. 384x640), got {text!r}")
+    return values[0], values[1]
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    """'1,8,32' -> (1, 8, 32): positive integers separated by commas."""
+    try:
+        values = tuple(int(p) for p in str(text).split(","))
+    except ValueError:
+        values = ()
+    if not values or min(values) <= 0:
+        raise ValueError(f"{what} must be positive integers separated by commas "
+                         f"(e.g. 1,8,32), got {text!r}")
+    return values
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise SuiteError(f"cannot read suite file {name_or_path}: {exc.strerror}") from None
+        source = str(path)
+    else:
+        resource = _builtin_dir().joinpath(f"{name_or_path}.yaml")
+        if not resource.is_file():
+            raise SuiteError(f"unknown suite {name_or_path!r}; valid: "
+                             f"{', '.join(builtin_suites())} (or a path to a .yaml file)")
+        text = resource.read_text()
+        source = name_or_path
+    return parse_suite(text, source)
+
+
+def parse_suite(text: str, source: str = "<suite>") -> Suite:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SuiteError(f"suite {source}: not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise SuiteError(f"suite {source}: expected a mapping with a 'models' list")
+    unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing"}
+    if unknown:
+        raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(unknown))}")
+    try:
+        models = tuple(_entry(item) for item in data.get("models") or ())
+        if not models:
+            raise ValueError("'models' must be a non-empty list")
+        for entry in models:
+            PRESETS.get(entry.model)
+        batches = parse_int_list(",".join(map(str, data.get("batch_sizes", [1]))), "batch_sizes")
+        precisions = tuple(data.get("precisions", ["fp32"]))
+        for p in precisions:
+            check_precision(p)
+        timing = data.get("timing") or {}
+        if not isinstance(timing, dict):
+            raise ValueError("'timing' must be a mapping")
+    except (KeyError, ValueError, TypeError) as exc:
+        raise SuiteError(f"suite {source}: {exc}") from None
+    return Suite(
+        name=str(data.get("name", Path(source).stem)),
+        description=str(data.get("description", "")),
+        models=models,
+        batch_sizes=batches,
+        precisions=precisions,
+        timing=timing,
+    )
+
+
+def _entry(item: Any) -> ModelEntry:
+    if isinstance(item, str):
+        return ModelEntry(item)
+    if isinstance(item, dict) and "model" in item:
+        extra = set(item) - {"model", "image_size", "text_len"}
+        if extra:
+            raise ValueError(f"unknown model entry key(s) {', '.join(sorted(extra))}")
+        size = item.get("image_size")
+        text_len = item.get("text_len")
+        if text_len is not None and (not isinstance(text_len, int) or text_len <= 0):
+            raise ValueError(f"text_len must be a positive integer, got {text_len!r}")
+        return ModelEntry(
+            str(item["model"]), parse_image_size(size) if size is not None else None, text_len
+        )
+    raise ValueError(f"a model entry is a name or a mapping with 'model', got {item!r}")

@@ -1,0 +1,193 @@
+"""Named-stage timing from outside the model.
+
+Forward pre/post hooks on the named submodules take the time: CUDA events on GPU (recorded
+asynchronously, one synchronisation when the iteration ends, not one per stage) and
+``time.perf_counter_ns`` on CPU. A stage called several times in one forward sums its calls and
+records the count. End-to-end latency is taken in separate iterations with no hooks attached,
+interleaved with the hooked ones so that drift hits both alike. The model knows nothing of this.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class StageNotFiredError(RuntimeError):
+    """A declared stage did not run during a forward: the stage vocabulary is wrong."""
+
+
+@dataclass(frozen=True)
+class TimingOptions:
+    """Warm-up, then repetitions until both ``min_repeats`` and ``min_time_s`` are met (slow
+    cases stop at the count, fast ones at the time), never more than ``max_repeats``."""
+
+    warmup: int = 2
+    min_repeats: int = 10
+    min_time_s: float = 2.0
+    max_repeats: int = 500
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats:
+            raise ValueError("need warmup >= 0 and 1 <= min_repeats <= max_repeats")
+        if self.min_time_s < 0:
+            raise ValueError("min_time_s must be >= 0")
+
+
+@dataclass
+class Measurement:
+    """Raw samples in milliseconds: one per iteration."""
+
+    end_to_end_ms: list[float] = field(default_factory=list)
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)
+
+
+class StageHooks:
+    """Context manager: while active, every forward of the named submodules is timed.
+
+    ``collect()`` ends an iteration: it returns {stage: (milliseconds, calls)} and resets.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str], device: torch.device) -> None:
+        self.modules = {name: model.get_submodule(name) for name in names}
+        self.cuda = device.type == "cuda"
+        self._open: dict[str, list[Any]] = {name: [] for name in names}
+        self._spans: dict[str, list[Any]] = {name: [] for name in names}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> StageHooks:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(partial(self._pre, name)))
+            self._handles.append(module.register_forward_hook(partial(self._post, name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _now(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter_ns()
+
+    def _pre(self, name: str, module: nn.Module, args: Any) -> None:
+        self._open[name].append(self._now())
+
+    def _post(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        start = self._open[name].pop()
+        self._spans[name].append((start, self._now()))
+
+    def collect(self) -> dict[str, tuple[float, int]]:
+        if self.cuda:
+            torch.cuda.synchronize()  # the one synchronisation of the iteration
+        out = {}
+        for name, spans in self._spans.items():
+            if self.cuda:
+                total = sum(start.elapsed_time(end) for start, end in spans)
+            else:
+                total = sum(end - start for start, end in spans) / 1e6
+            out[name] = (float(total), len(spans))
+            spans.clear()
+            self._open[name].clear()
+        return out
+
+
+def time_end_to_end(forward: Callable[[], object], device: torch.device) -> float:
+    """One forward, no hooks, in milliseconds."""
+    if device.type == "cuda":
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        forward()
+        end.record()
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(end))
+    t0 = time.perf_counter_ns()
+    forward()
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def measure(
+    forward: Callable[[], object],
+    model: nn.Module,
+    stage_names: Sequence[str],
+    device: torch.device,
+    options: TimingOptions,
+) -> Measurement:
+    """Warm up, then alternate hooked (per-stage) and plain (end-to-end) iterations."""
+    for _ in range(options.warmup):
+        forward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    result = Measurement(stages_ms={name: [] for name in stage_names})
+    hooks = StageHooks(model, stage_names, device)
+    began = time.perf_counter()
+    while True:
+        with hooks:
+            forward()
+            per_stage = hooks.collect()
+        check_fired(per_stage)
+        for name, (ms, calls) in per_stage.items():
+            result.stages_ms[name].append(ms)
+            result.calls[name] = calls
+        result.end_to_end_ms.append(time_end_to_end(forward, device))
+        n = len(result.end_to_end_ms)
+        elapsed = time.perf_counter() - began
+        if n >= options.max_repeats or (n >= options.min_repeats and elapsed >= options.min_time_s):
+            return result
+
+
+def check_fired(per_stage: dict[str, tuple[float, int]]) -> None:
+    silent = [name for name, (_, calls) in per_stage.items() if calls == 0]
+    if silent:
+        raise StageNotFiredError(f"declared stage(s) never ran in a forward: {', '.join(silent)}")
+
+
+class StageMemory:
+    """GPU only: the allocator's peak while each named stage ran, above what was allocated when
+    it began. Nested stages share the one peak counter, so each reset first folds the running
+    peak into every open stage."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], device: torch.device) -> None:
+        self.modules = {name: model.get_submodule(name) for name in names}
+        self.device = device
+        self.peaks: dict[str, int] = {name: 0 for name in names}
+        self._open: list[tuple[str, int, list[int]]] = []  # (name, base, [running peak])
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> StageMemory:
+        for name, module in self.modules.items():
+            self._handles.append(module.register_forward_pre_hook(partial(self._pre, name)))
+            self._handles.append(module.register_forward_hook(partial(self._post, name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _fold(self) -> None:
+        peak = torch.cuda.max_memory_allocated(self.device)
+        for _, _, running in self._open:
+            running[0] = max(running[0], peak)
+
+    def _pre(self, name: str, module: nn.Module, args: Any) -> None:
+        self._fold()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self._open.append((name, base, [base]))
+
+    def _post(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
+        self._fold()
+        _, base, running = self._open.pop()
+        self.peaks[name] = max(self.peaks[name], running[0] - base)
