@@ -34,7 +34,7 @@ def _substages(module: nn.Module, prefix: str) -> list[Stage]:
     out: list[Stage] = []
     for child, kind in getattr(module, "substages", {}).items():
         name = f"{prefix}.{child}"
-        sync = child in getattr(module, "host_sync_stages", ())
+        sync = bool(getattr(module.get_submodule(child), "host_sync", False))
         out.append(Stage(name, kind, prefix, sync))
         out.extend(_substages(module.get_submodule(child), name))
     return out

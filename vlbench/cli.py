@@ -10,10 +10,12 @@ import argparse
 import contextlib
 import json
 import shlex
+import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from .store import NotAStoreError, Store, default_db_path
 from .suites import SuiteError, parse_image_size, parse_int_list
@@ -25,8 +27,16 @@ class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as a UsageError (one line, exit 2) instead of
+    printing the usage block and raising SystemExit; subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="vlbench",
         description="Where the time goes in vision-language models: per-stage latency, "
         "FLOPs, parameters and memory.",
@@ -49,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="minimum timed iterations per case")
     p.add_argument("--min-time", type=float, help="minimum timed seconds per case")
     p.add_argument("--max-repeats", type=int, help="at most this many timed iterations")
+    p.add_argument("--max-time", type=float,
+                   help="a slow case stops after this many seconds (at least 3 iterations)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--head", action="store_true", help="include each preset's task head")
     p.add_argument("--seed", type=int, default=0)
@@ -74,15 +86,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
-    args.argv = ["vlbench", *argv]  # recorded with a run: the command that reproduces it
     handlers = {"list": cmd_list, "run": cmd_run, "profile": cmd_profile, "export": cmd_export}
     try:
+        args = _parser().parse_args(argv)
+        args.argv = ["vlbench", *argv]  # recorded with a run: the command that reproduces it
         return handlers[args.command](args)
     except (UsageError, SuiteError, NotAStoreError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"vlbench: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _open_store(path: str | Path | None) -> Store:
+    """Store.open, with an unusable path (a directory, no permission) as a one-line error."""
+    try:
+        return Store.open(path)
+    except (OSError, sqlite3.Error) as exc:
+        where = path if path is not None else default_db_path()
+        raise UsageError(f"cannot open results database {where}: {exc}") from None
 
 
 def _parse(fn, *args):  # noqa: ANN001, ANN202 - turns a ValueError into a usage error
@@ -163,7 +184,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     timing = dict(suite.timing)
     for key, value in (("warmup", args.warmup), ("min_repeats", args.repeats),
-                       ("min_time_s", args.min_time), ("max_repeats", args.max_repeats)):
+                       ("min_time_s", args.min_time), ("max_repeats", args.max_repeats),
+                       ("max_time_s", args.max_time)):
         if value is not None:
             timing[key] = value
     try:
@@ -180,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cases = suite.cases(device)
 
     argv = args.argv
-    with Store.open(args.db) as store:
+    with _open_store(args.db) as store:
         run_id = store.start_run(
             label=args.label, suite=suite.name, command=shlex.join(argv),
             env=collect_environment(device, argv=argv),
@@ -265,14 +287,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.db) if args.db else default_db_path()
     if not path.exists():
         raise UsageError(f"no results database at {path}; run 'vlbench run' first or pass --db")
-    with Store.open(path) as store:
+    with _open_store(path) as store:
         run_id = store.resolve_run(args.run)
         if args.format == "json":
             text = json.dumps(export_json(store, [run_id]), indent=2)
         else:
             text = export_csv(store, [run_id])
     if args.out:
-        Path(args.out).write_text(text)
+        try:
+            Path(args.out).write_text(text)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")

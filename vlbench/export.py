@@ -52,7 +52,8 @@ stage_sum_ms       float|null  sum of the top-level stages' medians (compare wit
 stages             object      {stage name: stage}, in execution order
 flops_total        int         FLOPs of one forward (one multiply-add = 2 FLOPs)
 params_total       int         parameter count
-peak_mem_bytes     int|null    GPU allocator peak during the case; null on CPU
+peak_mem_bytes     int|null    peak memory of the case: the CUDA allocator's peak on GPU, the
+                               resident-set high-water mark (VmHWM) of the process on CPU
 settings           object      per-case settings (precision flags, threads, seeds)
 wall_s             float       wall time spent on the case, model build included
 =================  ==========  ================================================================
@@ -90,6 +91,8 @@ flops              int         FLOPs per model forward
 params             int         parameters of the stage
 peak_mem_bytes     int|null    GPU allocator peak while the stage ran
 host_sync          bool        the stage synchronises with the host by design (NMS, selection)
+workload           object      data-dependent work the stage did in one forward, e.g.
+                               {"boxes_in_nms": 480000, "boxes_kept_nms": 5123}; {} if none
 samples_ms         list[float] every timed repetition, in order
 =================  ==========  ================================================================
 
@@ -180,6 +183,7 @@ def case_row(result: CaseResult) -> dict[str, Any]:
             "params": stage.params,
             "peak_mem_bytes": stage.peak_mem_bytes,
             "host_sync": stage.host_sync,
+            "workload": dict(stage.workload),
             "samples_ms": list(stage.samples_ms),
         }
     ok = result.status == "ok" and result.end_to_end is not None

@@ -47,6 +47,7 @@ class StageResult:
     peak_mem_bytes: int | None = None  # GPU only: allocator peak while the stage ran
     samples_ms: tuple[float, ...] = ()
     host_sync: bool = False  # the stage synchronises with the host by design (NMS, selection)
+    workload: dict[str, int] = field(default_factory=dict)  # data-dependent work it did
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class CaseResult:
                     **s,
                     "timing": Summary(**s["timing"]) if s.get("timing") else None,
                     "samples_ms": tuple(s.get("samples_ms", ())),
+                    "workload": dict(s.get("workload", {})),
                 }
             )
             for s in data.get("stages", ())

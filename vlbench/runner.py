@@ -74,7 +74,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()
-    return "out of memory" in text or "can't allocate memory" in text
+    return any(s in text for s in ("out of memory", "can't allocate memory", "not enough memory"))
 
 
 def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
@@ -106,6 +106,8 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
             forward()
         stage_peaks = tracker.peaks
 
+    workload = {name: dict(getattr(model.get_submodule(name), "last_workload", None) or {})
+                for name in names}
     stage_results = tuple(
         StageResult(
             name=s.name, kind=s.kind, parent=s.parent,
@@ -114,6 +116,7 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
             peak_mem_bytes=stage_peaks.get(s.name),
             samples_ms=tuple(round(v, 4) for v in measured.stages_ms[s.name]),
             host_sync=s.host_sync,
+            workload=workload[s.name],
         )
         for s in stages
     )

@@ -224,6 +224,8 @@ def _inspect_existing(path: Path) -> bool:
 
     Returns False for a zero-byte file (treated as new); raises NotAStoreError otherwise.
     """
+    if not path.is_file():
+        raise NotAStoreError(f"{path} is not a regular file (not a vlbench store)")
     size = path.stat().st_size
     if size == 0:
         return False

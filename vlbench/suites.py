@@ -94,7 +94,7 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
 def load_suite(name_or_path: str) -> Suite:
     """A built-in suite by name, or a YAML file by path."""
     path = Path(name_or_path)
-    if name_or_path.endswith((".yaml", ".yml")) or path.exists():
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         try:
             text = path.read_text()
         except OSError as exc:
@@ -121,15 +121,16 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         raise SuiteError(f"suite {source}: expected a mapping with a 'models' list")
     unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing"}
     if unknown:
-        raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     try:
-        models = tuple(_entry(item) for item in data.get("models") or ())
+        models = tuple(_entry(item) for item in _list(data, "models", []))
         if not models:
             raise ValueError("'models' must be a non-empty list")
         for entry in models:
             PRESETS.get(entry.model)
-        batches = parse_int_list(",".join(map(str, data.get("batch_sizes", [1]))), "batch_sizes")
-        precisions = tuple(data.get("precisions", ["fp32"]))
+        batches = parse_int_list(",".join(map(str, _list(data, "batch_sizes", [1]))),
+                                 "batch_sizes")
+        precisions = tuple(_list(data, "precisions", ["fp32"]))
         for p in precisions:
             check_precision(p)
         timing = data.get("timing") or {}
@@ -147,16 +148,29 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
     )
 
 
+def _list(data: dict, key: str, default: list) -> list:
+    """data[key] as a list (missing or null: ``default``); a scalar is an error, not a string
+    iterated character by character."""
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, list):
+        raise ValueError(f"'{key}' must be a list, got {value!r}")
+    return value
+
+
 def _entry(item: Any) -> ModelEntry:
     if isinstance(item, str):
         return ModelEntry(item)
     if isinstance(item, dict) and "model" in item:
         extra = set(item) - {"model", "image_size", "text_len"}
         if extra:
-            raise ValueError(f"unknown model entry key(s) {', '.join(sorted(extra))}")
+            raise ValueError(f"unknown model entry key(s) {', '.join(sorted(map(str, extra)))}")
         size = item.get("image_size")
         text_len = item.get("text_len")
-        if text_len is not None and (not isinstance(text_len, int) or text_len <= 0):
+        if text_len is not None and (
+            not isinstance(text_len, int) or isinstance(text_len, bool) or text_len <= 0
+        ):
             raise ValueError(f"text_len must be a positive integer, got {text_len!r}")
         return ModelEntry(
             str(item["model"]), parse_image_size(size) if size is not None else None, text_len

@@ -23,21 +23,28 @@ class StageNotFiredError(RuntimeError):
     """A declared stage did not run during a forward: the stage vocabulary is wrong."""
 
 
+#: a case that runs out of ``max_time_s`` still gets at least this many samples
+MIN_SAMPLES = 3
+
+
 @dataclass(frozen=True)
 class TimingOptions:
-    """Warm-up, then repetitions until both ``min_repeats`` and ``min_time_s`` are met (slow
-    cases stop at the count, fast ones at the time), never more than ``max_repeats``."""
+    """Warm-up, then repetitions until both ``min_repeats`` and ``min_time_s`` are met (fast
+    cases stop at the time, slow ones at the count), never more than ``max_repeats``; a very slow
+    case (a region detector on a CPU) stops once ``max_time_s`` has passed with at least
+    ``MIN_SAMPLES`` repetitions, and its sample count says so."""
 
     warmup: int = 2
     min_repeats: int = 10
     min_time_s: float = 2.0
     max_repeats: int = 500
+    max_time_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats:
             raise ValueError("need warmup >= 0 and 1 <= min_repeats <= max_repeats")
-        if self.min_time_s < 0:
-            raise ValueError("min_time_s must be >= 0")
+        if self.min_time_s < 0 or self.max_time_s <= 0:
+            raise ValueError("need min_time_s >= 0 and max_time_s > 0")
 
 
 @dataclass
@@ -144,6 +151,8 @@ def measure(
         n = len(result.end_to_end_ms)
         elapsed = time.perf_counter() - began
         if n >= options.max_repeats or (n >= options.min_repeats and elapsed >= options.min_time_s):
+            return result
+        if n >= min(MIN_SAMPLES, options.min_repeats) and elapsed >= options.max_time_s:
             return result
 
 
