@@ -8,6 +8,7 @@ Its submodule names are the stage vocabulary the harness times, counts and repor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -66,13 +67,16 @@ class VLModel(nn.Module):
             top.append(("head", "head"))
         out: list[Stage] = []
         for name, kind in top:
-            out.append(Stage(name, kind))
-            out.extend(_substages(self.get_submodule(name), name))
+            subs = _substages(self.get_submodule(name), name)
+            out.append(Stage(name, kind, host_sync=any(s.host_sync for s in subs)))
+            out.extend(subs)
         return out
 
     def forward(
-        self, images: ImageBatch, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, images: ImageBatch | Any, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> FusionOutput | torch.Tensor:
+        """``images``: an ``ImageBatch``, or what the visual embedder takes instead (a
+        ``RegionBatch`` of precomputed features)."""
         vision: Tokens = self.visual(images)
         text: Tokens = self.text(input_ids, attention_mask)
         out: FusionOutput = self.fusion(text, vision)
@@ -88,18 +92,22 @@ class VLModel(nn.Module):
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
-    ) -> tuple[ImageBatch, torch.Tensor, torch.Tensor]:
+    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
         """Random images and token ids of the right form: every token real, the last token the
         highest id (CLIP's end-of-text token), so every model does its full-length work."""
         gen = torch.Generator().manual_seed(seed)
-        h, w = image_size
-        pixels = torch.randn(batch_size, 3, h, w, generator=gen)
+        make = getattr(self.visual, "example_input", None)
+        if make is not None:  # an embedder of something other than images (precomputed regions)
+            visual = make(batch_size, image_size, gen)
+        else:  # padded to the embedder's size divisibility, real sizes kept (ImageList)
+            pixels = torch.randn(batch_size, 3, *image_size, generator=gen)
+            step = getattr(self.visual, "size_divisibility", 1)
+            visual = ImageBatch.from_images(list(pixels), size_divisibility=step)
         vocab = self.text.vocab_size
         ids = torch.randint(1, vocab - 1, (batch_size, text_len), generator=gen)
         ids[:, -1] = vocab - 1
         mask = torch.ones(batch_size, text_len, dtype=torch.long)
-        images = ImageBatch.from_tensor(pixels).to(device, dtype)
-        return images, ids.to(device), mask.to(device)
+        return visual.to(device, dtype), ids.to(device), mask.to(device)
 
     def num_tokens(self, image_size: tuple[int, int], text_len: int) -> dict[str, int]:
         """Token counts the fusion sees for one image-text pair."""

@@ -7,14 +7,17 @@ numbers, never in code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from feature_extractors import (
     BertTextConfig,
     ClipTextConfig,
     PatchProjectionConfig,
+    PrecomputedRegionsConfig,
+    RegionFeaturesConfig,
     Registry,
+    ResNetGridConfig,
 )
 
 from .fusion import DualEncoderConfig, SingleStreamConfig
@@ -99,3 +102,80 @@ for _patch in (32, 16):
               text=(32, 2, 2, 64), embed_dim=32, vocab=1000, context=16,
               description=f"CLIP ViT-B/{_patch} twin for tests: 2 layers per tower"),
     )
+
+
+#: A published BERT-base / BERT-large single-stream transformer: (width, depth, heads, mlp).
+BERT_BASE = (768, 12, 12, 3072)
+TINY_BERT = (64, 2, 2, 128)
+
+
+def _bert_single_stream(name: str, *, visual: Any, bert: tuple[int, int, int, int], vocab: int,
+                        max_positions: int, text_len: int, image_size: tuple[int, int],
+                        description: str, paper_tokens: str | None, source: str) -> Preset:
+    width, depth, heads, mlp = bert
+    return Preset(
+        name=name,
+        description=description,
+        visual=visual,
+        text=BertTextConfig(vocab_size=vocab, width=width, max_positions=max_positions),
+        fusion=SingleStreamConfig(width=width, depth=depth, heads=heads, mlp_dim=mlp),
+        image_size=image_size,
+        text_len=text_len,
+        paper_tokens=paper_tokens,
+        source=source,
+    )
+
+
+# Region detectors for tests: the same stages at toy sizes (a narrow trunk, 11 classes,
+# 20 proposals, 7x7 RoIs, 6 boxes) so a forward takes well under a second.
+TINY_REGIONS = RegionFeaturesConfig(
+    backbone="tiny", num_classes=11, pre_nms_top_n=200, post_nms_top_n=20, roi_size=7,
+    num_boxes=6, width=64,
+)
+
+# "800x1333" is a resize bound (shorter side 800, longer at most 1333). The tensor timed is the
+# bound itself, 800x1333 (aspect 5:3, the same as ViLT's 384x640), padded to 800x1344 for the
+# detector's stride as detectron pads to 32.
+_register(
+    _bert_single_stream(
+        "uniter-base", visual=RegionFeaturesConfig(location_dims=7, width=768), bert=BERT_BASE,
+        vocab=28996, max_positions=512, text_len=60, image_size=(800, 1333),
+        paper_tokens="36+60", source="Chen et al. 2020 (UNITER), arXiv 1909.11740",
+        description="UNITER-Base: R101-C4 bottom-up-attention regions (36) + BERT-base "
+                    "single stream, 60 text tokens"),
+    _bert_single_stream(
+        "uniter-base-tiny", visual=TINY_REGIONS, bert=TINY_BERT, vocab=1000, max_positions=16,
+        text_len=8, image_size=(128, 160), paper_tokens=None, source="",
+        description="UNITER-Base twin for tests: toy detector, 2 layers"),
+)
+_register(
+    _bert_single_stream(
+        "pixelbert-r50", visual=ResNetGridConfig(backbone="r50", pool=2), bert=BERT_BASE,
+        vocab=30522, max_positions=512, text_len=40, image_size=(800, 1333),
+        paper_tokens="260+?", source="Huang et al. 2020 (Pixel-BERT), arXiv 2004.00849",
+        description="Pixel-BERT-R50: ResNet-50 grid (2x2 max pool, 12x21 = 252 tokens) + "
+                    "BERT-base; text length unpublished, 40 as ViLT"),
+    _bert_single_stream(
+        "pixelbert-r50-tiny", visual=ResNetGridConfig(backbone="tiny", pool=2), bert=TINY_BERT,
+        vocab=1000, max_positions=16, text_len=8, image_size=(128, 160), paper_tokens=None,
+        source="", description="Pixel-BERT-R50 twin for tests: narrow trunk, 2 layers"),
+)
+
+
+def _precomputed(preset: Preset) -> Preset:
+    """The same model on region features computed offline: only the region embedding runs."""
+    region = preset.visual
+    return replace(
+        preset,
+        name=f"{preset.name}-precomputed",
+        description=f"{preset.description} -- on precomputed region features",
+        visual=PrecomputedRegionsConfig(num_boxes=region.num_boxes,
+                                        location_dims=region.location_dims, width=region.width),
+    )
+
+
+for _name in [n for n in PRESETS.names() if not n.endswith("-tiny")]:
+    _preset = PRESETS.get(_name)
+    if isinstance(_preset.visual, RegionFeaturesConfig):
+        _tiny = _precomputed(PRESETS.get(f"{_name}-tiny"))
+        _register(_precomputed(_preset), replace(_tiny, name=f"{_name}-precomputed-tiny"))

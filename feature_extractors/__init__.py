@@ -12,7 +12,15 @@ from typing import Any
 
 from torch import nn
 
+from .grid import ResNetGrid, ResNetGridConfig
 from .patch import PatchProjection, PatchProjectionConfig
+from .region.extractor import (
+    PrecomputedRegions,
+    PrecomputedRegionsConfig,
+    RegionBatch,
+    RegionFeatures,
+    RegionFeaturesConfig,
+)
 from .registry import Registry, UnknownNameError
 from .text import BertTextConfig, BertTextEmbedding, ClipTextConfig, ClipTextEmbedding
 from .tokens import ImageBatch, Tokens
@@ -33,6 +41,21 @@ EMBEDDERS.register(
     "patch",
     EmbedderSpec("patch", "visual", "patch", PatchProjectionConfig, PatchProjection,
                  "linear patch projection (ViLT, CLIP/ViT stem)"),
+)
+EMBEDDERS.register(
+    "grid",
+    EmbedderSpec("grid", "visual", "grid", ResNetGridConfig, ResNetGrid,
+                 "ResNet grid features, 2x2 max pool (Pixel-BERT)"),
+)
+EMBEDDERS.register(
+    "region",
+    EmbedderSpec("region", "visual", "region", RegionFeaturesConfig, RegionFeatures,
+                 "Faster R-CNN region features (bottom-up attention: RPN, RoIAlign, NMS)"),
+)
+EMBEDDERS.register(
+    "precomputed",
+    EmbedderSpec("precomputed", "visual", "precomputed", PrecomputedRegionsConfig,
+                 PrecomputedRegions, "region features computed offline (no detector)"),
 )
 EMBEDDERS.register(
     "bert-text",
@@ -70,7 +93,14 @@ __all__ = [
     "ImageBatch",
     "PatchProjection",
     "PatchProjectionConfig",
+    "PrecomputedRegions",
+    "PrecomputedRegionsConfig",
+    "RegionBatch",
+    "RegionFeatures",
+    "RegionFeaturesConfig",
     "Registry",
+    "ResNetGrid",
+    "ResNetGridConfig",
     "Tokens",
     "UnknownNameError",
     "build_embedder",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,22 @@ class ImageBatch:
         for ih, iw in self.image_sizes:
             if ih > h or iw > w:
                 raise ValueError(f"image size {(ih, iw)} exceeds the padded tensor {(h, w)}")
+
+    @staticmethod
+    def from_images(images: Sequence[torch.Tensor], size_divisibility: int = 1) -> ImageBatch:
+        """Images of different sizes, zero padded top-left to a common size rounded up to a
+        multiple of ``size_divisibility`` (torchvision's ``ImageList``; detectors use 32 so
+        anchors line up with the feature stride)."""
+        if not images:
+            raise ValueError("an image batch needs at least one image")
+        sizes = tuple((int(im.shape[-2]), int(im.shape[-1])) for im in images)
+        step = max(1, size_divisibility)
+        h = -(-max(s[0] for s in sizes) // step) * step
+        w = -(-max(s[1] for s in sizes) // step) * step
+        batch = images[0].new_zeros(len(images), images[0].shape[0], h, w)
+        for i, im in enumerate(images):
+            batch[i, :, : im.shape[-2], : im.shape[-1]] = im
+        return ImageBatch(batch, sizes)
 
     @staticmethod
     def from_tensor(tensor: torch.Tensor) -> ImageBatch:

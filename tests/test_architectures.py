@@ -14,7 +14,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from architectures import PRESETS, FusionOutput, VLModel, build_model, list_models
 from architectures.fusion import FUSIONS, DualEncoder, DualEncoderConfig, SingleStreamConfig
 from architectures.layers import Attention, key_padding_mask
-from feature_extractors import EMBEDDERS, ImageBatch, UnknownNameError, spec_for_config
+from feature_extractors import (
+    EMBEDDERS,
+    ImageBatch,
+    PatchProjectionConfig,
+    RegionFeaturesConfig,
+    UnknownNameError,
+    spec_for_config,
+)
 
 TINY = [name for name in PRESETS if name.endswith("-tiny")]
 PUBLISHED = [name for name in PRESETS if not name.endswith("-tiny")]
@@ -22,6 +29,9 @@ WITH_HEAD = [name for name in TINY if PRESETS.get(name).head is not None]
 WITHOUT_HEAD = [name for name in TINY if PRESETS.get(name).head is None]
 DUAL = [name for name in TINY if isinstance(PRESETS.get(name).fusion, DualEncoderConfig)]
 SINGLE = [name for name in TINY if isinstance(PRESETS.get(name).fusion, SingleStreamConfig)]
+# a region detector's RPN and NMS synchronise by design (their stages say so)
+NO_SYNC = [name for name in TINY if not isinstance(PRESETS.get(name).visual, RegionFeaturesConfig)]
+PATCH = [name for name in TINY if isinstance(PRESETS.get(name).visual, PatchProjectionConfig)]
 
 
 def tiny(name: str, *, head: bool = False, seed: int = 0) -> VLModel:
@@ -54,7 +64,13 @@ def test_tiny_forward_at_canonical_input(name: str) -> None:
     model = tiny(name)
     images, ids, mask = canonical(model, name)
     preset = PRESETS.get(name)
-    assert images.tensor.shape == (2, 3, *preset.image_size)
+    if isinstance(images, ImageBatch):  # padded to the embedder's stride, real sizes kept
+        assert images.image_sizes == (preset.image_size,) * 2
+        step = getattr(model.visual, "size_divisibility", 1)
+        padded = images.tensor.shape[-2:]
+        assert images.tensor.shape[:2] == (2, 3)
+        assert all(p % step == 0 and 0 <= p - s < step
+                   for p, s in zip(padded, preset.image_size, strict=True))
     assert ids.shape == mask.shape == (2, preset.text_len)
     with torch.inference_mode():
         out = model(images, ids, mask)
@@ -125,11 +141,10 @@ class _HostSyncDetector(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", NO_SYNC)
 def test_forward_reads_no_device_values_unless_declared(name: str, monkeypatch) -> None:
     model = tiny(name)
-    if any(s.host_sync for s in model.stages()):
-        pytest.skip("a stage declares a host synchronisation")
+    assert not any(s.host_sync for s in model.stages())
     inputs = canonical(model, name)
 
     def forbidden(*args, **kwargs):
@@ -269,9 +284,11 @@ def test_single_stream_ignores_text_padding(name: str) -> None:
     assert not torch.allclose(diff.pooled, base.pooled, atol=1e-4)
 
 
-@pytest.mark.parametrize("name", TINY)
+@pytest.mark.parametrize("name", PATCH)
 def test_image_padding_is_ignored(name: str) -> None:
-    # A small image padded into a batch with a larger one gives the same output as alone.
+    # A small image padded into a batch with a larger one gives the same output as alone. Only
+    # for patch embedders: a CNN's BatchNorm bias turns padding into non-zero values that reach
+    # real positions near the border (torchvision's detectors behave the same way).
     model = tiny(name)
     h, w = PRESETS.get(name).image_size
     images, ids, mask = canonical(model, name)
@@ -347,5 +364,5 @@ def test_attention_rejects_indivisible_width() -> None:
 
 def test_embedder_kinds_are_stage_kinds() -> None:
     # The visual stage's report category comes from the embedder registry.
-    kinds = {"patch", "grid", "region", "text"}
+    kinds = {"patch", "grid", "region", "precomputed", "text"}
     assert {EMBEDDERS.get(n).kind for n in EMBEDDERS} <= kinds

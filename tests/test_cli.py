@@ -25,7 +25,7 @@ from vlbench.cli import main
 from vlbench.export import CSV_COLUMNS, export_json
 from vlbench.results import SCHEMA_VERSION
 from vlbench.store import Store
-from vlbench.suites import builtin_suites
+from vlbench.suites import builtin_suites, load_suite
 from vlbench.timing import TimingOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,7 +178,9 @@ def test_run_records_command_environment_and_settings(two_model_run: dict[str, A
     assert run.env["versions"]["torch"] == torch.__version__
     assert run.env["device"] == "cpu"
     settings = run.settings
-    assert settings["timing"] == TimingOptions(warmup=1, min_repeats=2, min_time_s=0).__dict__
+    suite_timing = load_suite("latency").timing  # the suite's own settings, then the flags
+    expected = TimingOptions(**{**suite_timing, "warmup": 1, "min_repeats": 2, "min_time_s": 0})
+    assert settings["timing"] == expected.__dict__
     assert (settings["timing"]["warmup"], settings["timing"]["min_repeats"]) == (1, 2)
     assert settings["device"] == "cpu"
     assert settings["suite"] == "latency"

@@ -63,7 +63,9 @@ def test_builtin_suite_is_not_shadowed_by_a_directory_of_the_same_name(
 
 def test_latency_suite_is_the_papers_comparison() -> None:
     suite = load_suite("latency")
-    assert [e.model for e in suite.models] == ["vilt-b32", "clip-vit-b32", "clip-vit-b16"]
+    # one preset per visual embedder of the ViLT paper's Figure 1 (patch, grid, region), CLIP
+    assert [e.model for e in suite.models] == [
+        "vilt-b32", "pixelbert-r50", "uniter-base", "clip-vit-b32", "clip-vit-b16"]
     assert suite.batch_sizes == (1,)
     assert suite.precisions == ("fp32",)
 

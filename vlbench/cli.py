@@ -272,12 +272,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     print(f"{profile['model']}: batch {profile['batch_size']}, {h}x{w} "
           f"({tokens['image']} image tokens) + {profile['text_len']} text tokens; "
           f"FLOPs: {profile['flop_convention']}")
-    print(f"{'stage':<24} {'kind':<16} {'params (M)':>11} {'GFLOPs':>10}")
+    print(f"{'stage':<24} {'kind':<16} {'params (M)':>11} {'GFLOPs':>10}  workload")
     for name, s in profile["stages"].items():
         label = ("  " if s["parent"] else "") + name
-        print(f"{label:<24} {s['kind']:<16} {s['params'] / 1e6:>11.2f} {s['flops'] / 1e9:>10.2f}")
+        work = ", ".join(f"{k} {v}" for k, v in s["workload"].items()) if s["parent"] else ""
+        print(f"{label:<24} {s['kind']:<16} {s['params'] / 1e6:>11.2f} "
+              f"{s['flops'] / 1e9:>10.2f}  {work}")
     print(f"{'total':<24} {'':<16} {profile['params_total'] / 1e6:>11.2f} "
           f"{profile['flops_total'] / 1e9:>10.2f}")
+    if profile["profiled_on"] != "meta":
+        print("data-dependent stages (host_sync): profiled by one forward on the CPU")
     return 0
 
 

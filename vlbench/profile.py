@@ -1,5 +1,10 @@
-"""Parameters and FLOPs per stage without timing, on the meta device: full published sizes cost
-no memory and no initialisation time, so tests can check them too."""
+"""Parameters and FLOPs per stage without timing.
+
+Models whose stages are all static run on the meta device: full published sizes cost no memory
+and no initialisation time, so tests can check them too. A model with data-dependent stages (a
+region detector's RPN and NMS, whose output sizes depend on the values) cannot run on meta; it
+runs once on the CPU, and its workload record (proposals, boxes entering NMS, ...) comes with it.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ def profile_model(
     text_len: int | None = None,
     batch_size: int = 1,
     head: bool = False,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The export schema's field names: params_total, flops_total, stages {name: {...}}."""
     preset = PRESETS.get(name)
@@ -26,8 +32,12 @@ def profile_model(
     text_len = text_len or preset.text_len
     with torch.device("meta"):
         model = build_model(preset, head=head).eval()
-    inputs = model.example_inputs(batch_size, image_size, text_len, device="meta")
     stages = model.stages()
+    device = "cpu" if any(s.host_sync for s in stages) else "meta"
+    if device == "cpu":
+        torch.manual_seed(seed)
+        model = build_model(preset, head=head).eval()
+    inputs = model.example_inputs(batch_size, image_size, text_len, device=device, seed=seed)
     names = [s.name for s in stages]
     params_total, params = count_params(model, names)
     with torch.inference_mode():
@@ -39,11 +49,14 @@ def profile_model(
         "text_len": text_len,
         "tokens": model.num_tokens(image_size, text_len),
         "flop_convention": "one multiply-add = 2 FLOPs",
+        "profiled_on": device,
         "params_total": params_total,
         "flops_total": flops_total,
         "stages": {
             s.name: {"kind": s.kind, "parent": s.parent, "params": params[s.name],
-                     "flops": flops[s.name]}
+                     "flops": flops[s.name], "host_sync": s.host_sync,
+                     "workload": dict(getattr(model.get_submodule(s.name), "last_workload",
+                                              None) or {})}
             for s in stages
         },
     }

@@ -1,0 +1,1 @@
+"""Region features: a Faster R-CNN feature extractor assembled from named parts."""

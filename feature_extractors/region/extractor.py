@@ -1,0 +1,240 @@
+"""``RegionFeatures``: the Faster R-CNN feature extractor region VLP models ran, from named parts.
+
+backbone -> (fpn) -> rpn -> roi_pool -> box_head -> nms -> select -> embed. Each part is a
+submodule, so the harness times, counts and reports it under its own name (``visual.rpn``,
+``visual.nms``, ...). Defaults are bottom-up attention's (Anderson et al. 2018): ResNet-101 C4,
+12 anchors, 6000 -> NMS 0.7 -> 300 proposals, 14x14 RoIAlign, res5 head at stride 1, 1601
+classes, per-class NMS at 0.3 over all 1600 classes, 36 boxes.
+
+Faithful by construction with random weights: the trunk is initialised so activations stay
+bounded (the RPN then proposes the configured 300 boxes rather than none), RoIAlign uses a pinned
+sampling ratio, and NMS runs for every class whatever the scores, so the work done is what a
+trained model does, not what random scores happen to allow. ``last_workload`` records it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
+
+from ..tokens import ImageBatch, Tokens
+from .backbone import ResNetC4, ResNetFPN
+from .box_head import MLPBoxHead, Res5BoxHead
+from .nms import ClassAgnosticNMS, PerClassNMS
+from .roi import MultiScaleRoIPooler, RoIPooler
+from .rpn import RPN, build_rpn
+from .select import BoxSelection, location_features
+
+HEADS = ("c4", "fpn")
+NMS_KINDS = ("per-class", "class-agnostic")
+
+
+@dataclass(frozen=True)
+class RegionFeaturesConfig:
+    """The factors of the ViLT paper's Table 7 (backbone, RoI head, NMS kind) and the rest of
+    bottom-up attention's test-time settings."""
+
+    backbone: str = "r101"  # r50 | r101 | x152-32x8d | x152-32x4d
+    head: str = "c4"  # c4: res5 box head on 14x14 RoIs; fpn: multi-scale 7x7 RoIs + MLP head
+    roi: str = "align"  # align | pool (the original Caffe RoIPool)
+    nms: str = "per-class"  # per-class (BUTD) | class-agnostic (VinVL)
+    num_classes: int = 1601  # 1600 Visual Genome classes + background
+    attributes: bool = False
+    pre_nms_top_n: int = 6000
+    post_nms_top_n: int = 300
+    rpn_nms_threshold: float = 0.7
+    min_box_size: float = 16.0
+    nms_threshold: float = 0.3
+    roi_size: int = 14
+    selection: str = "fixed"  # fixed | adaptive
+    num_boxes: int = 36
+    min_boxes: int = 10
+    max_boxes: int = 100
+    conf_threshold: float = 0.2
+    location_dims: int = 7  # UNITER 7, ViLBERT 5, LXMERT 4
+    width: int = 768  # the width of the region tokens (the fusion's hidden size)
+
+
+class RegionEmbedding(nn.Module):
+    """Region features and box locations -> tokens: LayerNorm(Linear(feature)) +
+    LayerNorm(Linear(location)), then LayerNorm (UNITER's image embedding; ViLBERT and LXMERT
+    differ only in the location size). Shared by the detector and precomputed features."""
+
+    def __init__(self, *, feature_dim: int, location_dims: int, width: int) -> None:
+        super().__init__()
+        self.feature = nn.Linear(feature_dim, width)
+        self.feature_norm = nn.LayerNorm(width, eps=1e-12)
+        self.location = nn.Linear(location_dims, width)
+        self.location_norm = nn.LayerNorm(width, eps=1e-12)
+        self.norm = nn.LayerNorm(width, eps=1e-12)
+
+    def forward(self, features: Tensor, locations: Tensor) -> Tensor:
+        x = self.feature_norm(self.feature(features))  # (B, K, W)
+        return self.norm(x + self.location_norm(self.location(locations)))
+
+
+class RegionFeatures(nn.Module):
+    """Images -> region tokens (B, K, width) with their boxes, through a random Faster R-CNN."""
+
+    size_divisibility = 32  # pad images so anchors line up with the stride (detectron)
+
+    def __init__(
+        self, *, backbone: str, head: str, roi: str, nms: str, num_classes: int,
+        attributes: bool, pre_nms_top_n: int, post_nms_top_n: int, rpn_nms_threshold: float,
+        min_box_size: float, nms_threshold: float, roi_size: int, selection: str,
+        num_boxes: int, min_boxes: int, max_boxes: int, conf_threshold: float,
+        location_dims: int, width: int,
+    ) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown RoI head {head!r}; valid: {', '.join(HEADS)}")
+        if nms not in NMS_KINDS:
+            raise ValueError(f"unknown NMS kind {nms!r}; valid: {', '.join(NMS_KINDS)}")
+        if selection == "fixed" and num_boxes > post_nms_top_n:
+            raise ValueError(f"fixed box count {num_boxes} exceeds the {post_nms_top_n} "
+                             "proposals the RPN keeps")
+        self.out_dim = width
+        self.min_image_side = 64 if head == "c4" else 32  # the smallest anchor
+        self.location_dims = location_dims
+        self.fixed = selection == "fixed"
+        self.num_boxes = num_boxes
+        self.max_boxes = max_boxes
+        self.fpn: nn.Module | None = None
+        rpn_settings = dict(pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
+                            nms_thresh=rpn_nms_threshold, min_size=min_box_size)
+        if head == "c4":
+            self.backbone: nn.Module = ResNetC4(name=backbone)
+            self.rpn = RPN(network=build_rpn(in_channels=1024, **rpn_settings))
+            self.roi_pool: nn.Module = RoIPooler(output_size=roi_size, spatial_scale=1 / 16,
+                                                 kind=roi)
+            self.box_head: nn.Module = Res5BoxHead(backbone=backbone, num_classes=num_classes,
+                                                   attributes=attributes)
+        else:
+            trunk = ResNetFPN(name=backbone)
+            self.backbone, self.fpn = trunk.body, trunk.fpn
+            self.rpn = RPN(network=build_rpn(in_channels=256, mid_channels=256, fpn_levels=5,
+                                             **rpn_settings))
+            self.roi_pool = MultiScaleRoIPooler()
+            self.box_head = MLPBoxHead(num_classes=num_classes, attributes=attributes)
+        self.nms = (PerClassNMS if nms == "per-class" else ClassAgnosticNMS)(
+            iou_threshold=nms_threshold)
+        self.select = BoxSelection(mode=selection, num_boxes=num_boxes, min_boxes=min_boxes,
+                                   max_boxes=max_boxes, conf_threshold=conf_threshold)
+        self.embed = RegionEmbedding(feature_dim=2048, location_dims=location_dims, width=width)
+        self.substages = {"backbone": "backbone", **({"fpn": "backbone"} if self.fpn else {}),
+                          "rpn": "region_ops", "roi_pool": "region_ops",
+                          "box_head": "region_ops", "nms": "region_ops", "select": "region_ops",
+                          "embed": "visual_embedding"}
+        self.last_workload: dict[str, int] = {}
+
+    def num_tokens(self, image_size: tuple[int, int]) -> int:
+        """Fixed mode: exactly ``num_boxes``; adaptive: at most ``max_boxes`` (random weights
+        give the minimum, see ``BoxSelection``)."""
+        return self.num_boxes if self.fixed else self.max_boxes
+
+    def forward(self, images: ImageBatch) -> Tokens:
+        for h, w in images.image_sizes:
+            if min(h, w) < self.min_image_side:
+                raise ValueError(f"image {h}x{w} is smaller than the smallest anchor "
+                                 f"({self.min_image_side} px)")
+        feats = self.backbone(images.tensor)  # C4: (B, 1024, H/16, W/16); FPN: res2..res5
+        if self.fpn is not None:
+            feats = self.fpn(feats)  # "0".."3", "pool": (B, 256, ...)
+        proposals = self.rpn(images, feats)  # B x (R_i, 4)
+        counts = [len(p) for p in proposals]  # host-known: the RPN already synchronised
+        if self.fixed and min(counts) < self.num_boxes:
+            raise ValueError(f"fixed box count {self.num_boxes} exceeds the {min(counts)} "
+                             "proposals kept for an image")
+        if self.fpn is None:
+            pooled = self.roi_pool(feats, proposals)  # (sum R_i, 1024, 14, 14)
+        else:
+            pooled = self.roi_pool(feats, proposals, list(images.image_sizes))  # (sum R_i, ...)
+        head = self.box_head(pooled)  # features (sum R_i, 2048), class_probs (sum R_i, C)
+        boxes = _per_image(proposals, counts)  # (B, R, 4)
+        features = _per_image(head.features.split(counts), counts)  # (B, R, 2048)
+        probs = _per_image(head.class_probs.split(counts), counts)  # (B, R, C); padding 0
+        conf, _ = self.nms(boxes, probs)  # (B, R) each box's best kept class score
+        kept, kept_boxes, mask = self.select(features, boxes, conf)  # (B, K, 2048), (B, K, 4)
+        locations = location_features(kept_boxes, images.image_sizes, self.location_dims)
+        self.last_workload = {
+            **self.rpn.last_workload,
+            "box_head_proposals": int(pooled.shape[0]),
+            **self.nms.last_workload,
+            **self.select.last_workload,
+        }
+        return Tokens(self.embed(kept, locations), mask, kept_boxes)
+
+
+def _per_image(rows: list[Tensor] | tuple[Tensor, ...], counts: list[int]) -> Tensor:
+    """Stack per-image rows to (B, R, ...), zero padding images with fewer rows."""
+    if len(set(counts)) == 1:
+        return torch.stack(list(rows))
+    return pad_sequence(list(rows), batch_first=True)
+
+
+@dataclass(frozen=True)
+class PrecomputedRegionsConfig:
+    """Region features cached offline (how UNITER and LXMERT are usually deployed)."""
+
+    num_boxes: int = 36
+    feature_dim: int = 2048
+    location_dims: int = 7
+    width: int = 768
+
+
+@dataclass(frozen=True)
+class RegionBatch:
+    """Given region features (B, N, F) and their boxes (B, N, 4) in pixels, with each image's
+    size on the host for normalising the boxes."""
+
+    features: Tensor
+    boxes: Tensor
+    image_sizes: tuple[tuple[int, int], ...]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> RegionBatch:
+        return RegionBatch(self.features.to(device=device, dtype=dtype),
+                           self.boxes.to(device=device, dtype=dtype), self.image_sizes)
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
+
+class PrecomputedRegions(nn.Module):
+    """Precomputed region features -> tokens: only the region embedding runs, so a user sees the
+    fusion cost without the detector."""
+
+    def __init__(self, *, num_boxes: int, feature_dim: int, location_dims: int,
+                 width: int) -> None:
+        super().__init__()
+        self.out_dim = width
+        self.num_boxes = num_boxes
+        self.feature_dim = feature_dim
+        self.location_dims = location_dims
+        self.embed = RegionEmbedding(feature_dim=feature_dim, location_dims=location_dims,
+                                     width=width)
+        self.substages = {"embed": "visual_embedding"}
+
+    def num_tokens(self, image_size: tuple[int, int]) -> int:
+        return self.num_boxes
+
+    def example_input(self, batch_size: int, image_size: tuple[int, int],
+                      generator: torch.Generator) -> RegionBatch:
+        """Random non-negative features (post-ReLU, as a detector gives) and valid boxes."""
+        h, w = image_size
+        features = torch.rand(batch_size, self.num_boxes, self.feature_dim, generator=generator)
+        corners = torch.rand(batch_size, self.num_boxes, 2, 2, generator=generator)
+        corners = corners.sort(dim=2).values * torch.tensor([w, h], dtype=torch.float32)
+        boxes = corners.flatten(2)  # (B, N, 4): x1, y1, x2, y2
+        return RegionBatch(features, boxes, tuple((h, w) for _ in range(batch_size)))
+
+    def forward(self, regions: RegionBatch) -> Tokens:
+        if regions.features.shape[-1] != self.feature_dim:
+            raise ValueError(f"expected {self.feature_dim}-d region features, got "
+                             f"{regions.features.shape[-1]}")
+        locations = location_features(regions.boxes, regions.image_sizes, self.location_dims)
+        embeds = self.embed(regions.features, locations)  # (B, N, width)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
+        return Tokens(embeds, mask, regions.boxes)
