@@ -20,7 +20,7 @@ from feature_extractors import (
     ResNetGridConfig,
 )
 
-from .fusion import DualEncoderConfig, SingleStreamConfig
+from .fusion import DualEncoderConfig, SingleStreamConfig, TwoStreamConfig
 from .heads import VQAHeadConfig
 
 
@@ -162,6 +162,114 @@ _register(
 )
 
 
+_register(
+    _bert_single_stream(
+        "uniter-large", visual=RegionFeaturesConfig(location_dims=7, width=1024),
+        bert=(1024, 24, 16, 4096), vocab=28996, max_positions=512, text_len=60,
+        image_size=(800, 1333), paper_tokens=None,
+        source="Chen et al. 2020 (UNITER), arXiv 1909.11740",
+        description="UNITER-Large: R101-C4 regions (36) + BERT-large single stream, 60 text"),
+    _bert_single_stream(
+        "uniter-large-tiny", visual=replace(TINY_REGIONS, width=96), bert=(96, 3, 3, 192),
+        vocab=1000, max_positions=16, text_len=8, image_size=(128, 160), paper_tokens=None,
+        source="", description="UNITER-Large twin for tests: toy detector, 3 layers"),
+)
+# VisualBERT's detector was X152-FPN (the ViLT paper's Table 7); its region embedding is a
+# projection of the 2048-d feature, no box location.
+_register(
+    _bert_single_stream(
+        "visualbert",
+        visual=RegionFeaturesConfig(backbone="x152-32x8d", head="fpn", location_dims=0,
+                                    embedding="visualbert", width=768),
+        bert=BERT_BASE, vocab=30522, max_positions=512, text_len=128, image_size=(800, 1333),
+        paper_tokens="36+128", source="Li et al. 2019 (VisualBERT), arXiv 1908.03557",
+        description="VisualBERT: X152-FPN regions (36) + BERT-base single stream, 128 text"),
+    _bert_single_stream(
+        "visualbert-tiny",
+        visual=replace(TINY_REGIONS, head="fpn", location_dims=0, embedding="visualbert"),
+        bert=TINY_BERT, vocab=1000, max_positions=16, text_len=8, image_size=(128, 160),
+        paper_tokens=None, source="", description="VisualBERT twin for tests: toy FPN detector"),
+)
+_register(
+    _bert_single_stream(
+        "pixelbert-x152", visual=ResNetGridConfig(backbone="x152-32x8d", pool=2), bert=BERT_BASE,
+        vocab=30522, max_positions=512, text_len=40, image_size=(600, 1000),
+        paper_tokens="146+?", source="Huang et al. 2020 (Pixel-BERT), arXiv 2004.00849",
+        description="Pixel-BERT-X152: ResNeXt-152 32x8d grid at 600x1000 (9x15 = 135 tokens) "
+                    "+ BERT-base; x152-32x4d is the width the ViLT paper's Table 6 fits"),
+    _bert_single_stream(
+        "pixelbert-x152-tiny", visual=ResNetGridConfig(backbone="tiny", pool=2),
+        bert=TINY_BERT, vocab=1000, max_positions=16, text_len=8, image_size=(128, 160),
+        paper_tokens=None, source="", description="Pixel-BERT-X152 twin for tests"),
+)
+
+
+def _two_stream(name: str, *, visual: Any, fusion: TwoStreamConfig, vocab: int, text_len: int,
+                image_size: tuple[int, int], description: str, paper_tokens: str | None,
+                source: str) -> Preset:
+    return Preset(
+        name=name,
+        description=description,
+        visual=visual,
+        text=BertTextConfig(vocab_size=vocab, width=fusion.text_width,
+                            max_positions=max(text_len, 16 if name.endswith("-tiny") else 512)),
+        fusion=fusion,
+        image_size=image_size,
+        text_len=text_len,
+        paper_tokens=paper_tokens,
+        source=source,
+    )
+
+
+#: ViLBERT-base: BERT-base text stream, 6 visual layers at 1024, co-attention after text layers
+#: 6..11 and visual layers 0..5 (TwoStreamConfig's defaults)
+VILBERT = TwoStreamConfig()
+TINY_VILBERT = TwoStreamConfig(
+    text_width=64, text_depth=4, text_heads=2, text_mlp_dim=128, vision_width=96,
+    vision_depth=2, vision_heads=2, vision_mlp_dim=96, cross_width=96, cross_heads=2,
+    text_layers_before_cross=(2, 3), vision_layers_before_cross=(0, 1))
+#: LXMERT: 9 language, 5 object-relationship, 5 cross-modality layers, one cross-attention
+#: module shared by both directions
+LXMERT = TwoStreamConfig(
+    text_width=768, text_depth=9, text_heads=12, text_mlp_dim=3072, vision_width=768,
+    vision_depth=5, vision_heads=12, vision_mlp_dim=3072, cross_width=768, cross_heads=12,
+    text_layers_before_cross=(9,) * 5, vision_layers_before_cross=(5,) * 5,
+    shared_cross_weights=True, cross_self_attention=True, pooled="text")
+TINY_LXMERT = replace(
+    LXMERT, text_width=64, text_depth=2, text_heads=2, text_mlp_dim=128, vision_width=64,
+    vision_depth=2, vision_heads=2, vision_mlp_dim=128, cross_width=64, cross_heads=2,
+    text_layers_before_cross=(2, 2), vision_layers_before_cross=(2, 2))
+
+_register(
+    _two_stream(
+        "vilbert-base",
+        visual=RegionFeaturesConfig(location_dims=5, width=1024, embedding="vilbert",
+                                    global_token=True),
+        fusion=VILBERT, vocab=30522, text_len=36, image_size=(800, 1333), paper_tokens="36+36",
+        source="Lu et al. 2019 (ViLBERT), arXiv 1908.02265",
+        description="ViLBERT-base: R101-C4 regions (36 + a whole-image token) + two streams "
+                    "with 6 co-attention blocks, 36 text tokens"),
+    _two_stream(
+        "vilbert-base-tiny",
+        visual=replace(TINY_REGIONS, location_dims=5, width=96, embedding="vilbert",
+                       global_token=True),
+        fusion=TINY_VILBERT, vocab=1000, text_len=8, image_size=(128, 160), paper_tokens=None,
+        source="", description="ViLBERT-base twin for tests: toy detector, 2 co-attention"),
+)
+_register(
+    _two_stream(
+        "lxmert", visual=RegionFeaturesConfig(location_dims=4, width=768, embedding="lxmert"),
+        fusion=LXMERT, vocab=30522, text_len=20, image_size=(800, 1333), paper_tokens="36+20",
+        source="Tan & Bansal 2019 (LXMERT), arXiv 1908.07490",
+        description="LXMERT: R101-C4 regions (36) + 9 language, 5 object, 5 cross layers, "
+                    "20 text tokens"),
+    _two_stream(
+        "lxmert-tiny", visual=replace(TINY_REGIONS, location_dims=4, embedding="lxmert"),
+        fusion=TINY_LXMERT, vocab=1000, text_len=8, image_size=(128, 160), paper_tokens=None,
+        source="", description="LXMERT twin for tests: toy detector, 2 cross layers"),
+)
+
+
 def _precomputed(preset: Preset) -> Preset:
     """The same model on region features computed offline: only the region embedding runs."""
     region = preset.visual
@@ -170,7 +278,9 @@ def _precomputed(preset: Preset) -> Preset:
         name=f"{preset.name}-precomputed",
         description=f"{preset.description} -- on precomputed region features",
         visual=PrecomputedRegionsConfig(num_boxes=region.num_boxes,
-                                        location_dims=region.location_dims, width=region.width),
+                                        location_dims=region.location_dims, width=region.width,
+                                        embedding=region.embedding,
+                                        global_token=region.global_token),
     )
 
 

@@ -107,7 +107,7 @@ def test_head_requested_where_none_exists(name: str) -> None:
 @pytest.mark.parametrize(
     ("name", "head"), [(n, False) for n in TINY] + [(n, True) for n in WITH_HEAD]
 )
-def test_every_stage_resolves_and_fires_once(name: str, head: bool) -> None:
+def test_every_stage_resolves_and_fires(name: str, head: bool) -> None:
     model = tiny(name, head=head)
     stages = model.stages()
     names = [s.name for s in stages]
@@ -123,7 +123,12 @@ def test_every_stage_resolves_and_fires_once(name: str, head: bool) -> None:
         module.register_forward_hook(lambda *_, n=stage.name: calls.update([n]))
     with torch.inference_mode():
         model(*canonical(model, name))
-    assert calls == {n: 1 for n in names}
+    # every declared stage fires; top-level stages and single-module stages exactly once; a
+    # two-stream model's layer groups run once per segment between co-attention blocks
+    assert set(calls) == set(names)
+    repeated = {n for n in names if calls[n] > 1}
+    assert all(n.startswith(("fusion.text_stream", "fusion.vision_stream", "fusion.co_attention"))
+               for n in repeated), repeated
 
 
 class _HostSyncDetector(TorchDispatchMode):

@@ -59,13 +59,13 @@ def measured():
         with torch.inference_mode():
             return model(x)
 
-    options = TimingOptions(warmup=2, min_repeats=8, min_time_s=0.0, max_repeats=8)
+    options = TimingOptions(warmup=2, min_repeats=12, min_time_s=0.0, max_repeats=12)
     return measure(forward, model, ["light", "heavy", "shared"], torch.device("cpu"), options)
 
 
 def test_counts_and_calls(measured):
-    assert len(measured.end_to_end_ms) == 8
-    assert all(len(v) == 8 for v in measured.stages_ms.values())
+    assert len(measured.end_to_end_ms) == 12
+    assert all(len(v) == 12 for v in measured.stages_ms.values())
     assert measured.calls == {"light": 1, "heavy": 1, "shared": 2}
 
 
@@ -73,7 +73,11 @@ def test_stage_sum_tracks_end_to_end(measured):
     e2e = np.median(measured.end_to_end_ms)
     stage_sum = sum(np.median(v) for v in measured.stages_ms.values())
     assert e2e > 2.0, "the stages must do milliseconds of real work for this check to mean much"
-    assert abs(stage_sum - e2e) / e2e < 0.25
+    # the fastest iterations estimate the intrinsic cost whatever else the machine is doing
+    per_iteration = [sum(s) for s in zip(*measured.stages_ms.values(), strict=True)]
+    fastest = min(measured.end_to_end_ms)
+    assert abs(min(per_iteration) - fastest) / fastest < 0.25
+    assert abs(stage_sum - e2e) / e2e < 0.5
 
 
 def test_twice_the_work_takes_longer(measured):
@@ -83,7 +87,7 @@ def test_twice_the_work_takes_longer(measured):
 def test_summary_of_raw_samples_matches_numpy(measured):
     summary = summarize(measured.end_to_end_ms)
     assert summary.median_ms == pytest.approx(np.median(measured.end_to_end_ms))
-    assert summary.n == 8
+    assert summary.n == 12
 
 
 def test_a_declared_stage_that_never_fires_is_an_error():
@@ -137,3 +141,25 @@ def test_a_slow_case_stops_at_the_time_cap_with_a_floor_of_samples():
                             max_time_s=1e-6)
     slow = measure(lambda: model(x), model, ["light"], torch.device("cpu"), options)
     assert len(slow.end_to_end_ms) == 3  # MIN_SAMPLES, not min_repeats
+
+
+def test_slow_cpu_cases_share_iterations_and_fast_ones_do_not(measured):
+    assert not measured.shared  # milliseconds: separate end-to-end iterations
+    model = TwoStageModel(rounds=2)
+    x = torch.randn(256, 256)
+    calls = []
+
+    def forward() -> object:
+        calls.append(1)
+        return model(x)
+
+    options = TimingOptions(warmup=3, min_repeats=2, min_time_s=0.0, max_repeats=2,
+                            cpu_share_above_s=0.0)
+    slow = measure(forward, model, ["light", "heavy"], torch.device("cpu"), options)
+    assert slow.shared
+    # one warm-up (not three), then one forward per sample (not two)
+    assert len(calls) == 1 + 2
+    assert len(slow.end_to_end_ms) == 2
+    for e2e, light, heavy in zip(slow.end_to_end_ms, slow.stages_ms["light"],
+                                 slow.stages_ms["heavy"], strict=True):
+        assert e2e >= light + heavy  # the end-to-end sample encloses the hooked stages

@@ -100,6 +100,9 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
     reset_peak(device)
     measured = measure(forward, model, names, device, options.timing)
     peak = peak_bytes(device)
+    settings["iterations"] = (
+        "shared: end-to-end around the hooked forward (slow CPU case)" if measured.shared
+        else "interleaved: end-to-end in separate iterations without hooks")
     stage_peaks: dict[str, int] = {}
     if device.type == "cuda":
         with StageMemory(model, names, device) as tracker:

@@ -12,6 +12,7 @@ from feature_extractors import Registry
 from .base import FusionOutput
 from .dual_encoder import DualEncoder, DualEncoderConfig
 from .single_stream import SingleStream, SingleStreamConfig
+from .two_stream import TwoStream, TwoStreamConfig
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ FUSIONS: Registry[FusionSpec] = Registry("fusion")
 FUSIONS.register("single-stream", FusionSpec(
     "single-stream", "interaction", SingleStreamConfig, SingleStream,
     "one transformer over [text; image] tokens (ViLT, UNITER, VisualBERT)"))
+FUSIONS.register("two-stream", FusionSpec(
+    "two-stream", "interaction", TwoStreamConfig, TwoStream,
+    "text and visual streams joined by co-attention blocks (ViLBERT, LXMERT)"))
 FUSIONS.register("dual-encoder", FusionSpec(
     "dual-encoder", "interaction", DualEncoderConfig, DualEncoder,
     "separate vision and text towers, projections, dot product (CLIP)"))
@@ -54,6 +58,8 @@ __all__ = [
     "FusionSpec",
     "SingleStream",
     "SingleStreamConfig",
+    "TwoStream",
+    "TwoStreamConfig",
     "build_fusion",
     "fusion_spec_for_config",
 ]

@@ -54,26 +54,68 @@ class RegionFeaturesConfig:
     min_boxes: int = 10
     max_boxes: int = 100
     conf_threshold: float = 0.2
-    location_dims: int = 7  # UNITER 7, ViLBERT 5, LXMERT 4
+    location_dims: int = 7  # UNITER 7, ViLBERT 5, LXMERT 4, VisualBERT 0 (none)
     width: int = 768  # the width of the region tokens (the fusion's hidden size)
+    embedding: str = "uniter"  # uniter | vilbert | lxmert | visualbert (see RegionEmbedding)
+    global_token: bool = False  # ViLBERT: a whole-image token (mean feature) first
+
+
+EMBEDDINGS = ("uniter", "vilbert", "lxmert", "visualbert")
 
 
 class RegionEmbedding(nn.Module):
-    """Region features and box locations -> tokens: LayerNorm(Linear(feature)) +
-    LayerNorm(Linear(location)), then LayerNorm (UNITER's image embedding; ViLBERT and LXMERT
-    differ only in the location size). Shared by the detector and precomputed features."""
+    """Region features and box locations -> tokens, in each model's own way (shared by the
+    detector and by precomputed features):
 
-    def __init__(self, *, feature_dim: int, location_dims: int, width: int) -> None:
+    - uniter: LN(Linear(feature)) + LN(Linear(location)), then LN;
+    - vilbert: LN(Linear(feature) + Linear(location));
+    - lxmert: (LN(Linear(feature)) + LN(Linear(box))) / 2;
+    - visualbert: Linear(feature) (no location), then LN.
+    """
+
+    def __init__(self, *, feature_dim: int, location_dims: int, width: int,
+                 style: str = "uniter") -> None:
         super().__init__()
+        if style not in EMBEDDINGS:
+            raise ValueError(f"unknown region embedding {style!r}; valid: {', '.join(EMBEDDINGS)}")
+        if (style == "visualbert") != (location_dims == 0):
+            raise ValueError(f"the {style} region embedding "
+                             f"{'takes no' if style == 'visualbert' else 'needs a'} location")
+        self.style = style
         self.feature = nn.Linear(feature_dim, width)
-        self.feature_norm = nn.LayerNorm(width, eps=1e-12)
-        self.location = nn.Linear(location_dims, width)
-        self.location_norm = nn.LayerNorm(width, eps=1e-12)
-        self.norm = nn.LayerNorm(width, eps=1e-12)
+        self.location = nn.Linear(location_dims, width) if location_dims else None
+        per_branch = style in ("uniter", "lxmert")
+        self.feature_norm = nn.LayerNorm(width, eps=1e-12) if per_branch else None
+        self.location_norm = nn.LayerNorm(width, eps=1e-12) if per_branch else None
+        self.norm = nn.LayerNorm(width, eps=1e-12) if style != "lxmert" else None
 
-    def forward(self, features: Tensor, locations: Tensor) -> Tensor:
-        x = self.feature_norm(self.feature(features))  # (B, K, W)
-        return self.norm(x + self.location_norm(self.location(locations)))
+    def forward(self, features: Tensor, locations: Tensor | None) -> Tensor:
+        x = self.feature(features)  # (B, K, W)
+        if self.feature_norm is not None:
+            x = self.feature_norm(x)
+        if self.location is not None:
+            y = self.location(locations)
+            if self.location_norm is not None:
+                y = self.location_norm(y)
+            x = (x + y) / 2 if self.style == "lxmert" else x + y
+        return x if self.norm is None else self.norm(x)
+
+
+def region_tokens(embed: RegionEmbedding, features: Tensor, boxes: Tensor, mask: Tensor,
+                  image_sizes: tuple[tuple[int, int], ...], location_dims: int,
+                  global_token: bool) -> Tokens:
+    """Selected features (B, K, F) and boxes -> tokens, with ViLBERT's whole-image token (the
+    mean of the real features, its box the whole image) first when ``global_token``."""
+    if global_token:
+        weights = mask.unsqueeze(-1).to(features.dtype)  # (B, K, 1)
+        mean = (features * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True)
+        whole = torch.tensor([[0.0, 0.0, w, h] for h, w in image_sizes], dtype=boxes.dtype,
+                             device=boxes.device).unsqueeze(1)  # (B, 1, 4)
+        features = torch.cat([mean, features], dim=1)
+        boxes = torch.cat([whole, boxes], dim=1)
+        mask = torch.cat([mask[:, :1], mask], dim=1)
+    locations = location_features(boxes, image_sizes, location_dims) if location_dims else None
+    return Tokens(embed(features, locations), mask, boxes)
 
 
 class RegionFeatures(nn.Module):
@@ -86,7 +128,7 @@ class RegionFeatures(nn.Module):
         attributes: bool, pre_nms_top_n: int, post_nms_top_n: int, rpn_nms_threshold: float,
         min_box_size: float, nms_threshold: float, roi_size: int, selection: str,
         num_boxes: int, min_boxes: int, max_boxes: int, conf_threshold: float,
-        location_dims: int, width: int,
+        location_dims: int, width: int, embedding: str, global_token: bool,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -99,6 +141,7 @@ class RegionFeatures(nn.Module):
         self.out_dim = width
         self.min_image_side = 64 if head == "c4" else 32  # the smallest anchor
         self.location_dims = location_dims
+        self.global_token = global_token
         self.fixed = selection == "fixed"
         self.num_boxes = num_boxes
         self.max_boxes = max_boxes
@@ -123,7 +166,8 @@ class RegionFeatures(nn.Module):
             iou_threshold=nms_threshold)
         self.select = BoxSelection(mode=selection, num_boxes=num_boxes, min_boxes=min_boxes,
                                    max_boxes=max_boxes, conf_threshold=conf_threshold)
-        self.embed = RegionEmbedding(feature_dim=2048, location_dims=location_dims, width=width)
+        self.embed = RegionEmbedding(feature_dim=2048, location_dims=location_dims, width=width,
+                                     style=embedding)
         self.substages = {"backbone": "backbone", **({"fpn": "backbone"} if self.fpn else {}),
                           "rpn": "region_ops", "roi_pool": "region_ops",
                           "box_head": "region_ops", "nms": "region_ops", "select": "region_ops",
@@ -132,8 +176,8 @@ class RegionFeatures(nn.Module):
 
     def num_tokens(self, image_size: tuple[int, int]) -> int:
         """Fixed mode: exactly ``num_boxes``; adaptive: at most ``max_boxes`` (random weights
-        give the minimum, see ``BoxSelection``)."""
-        return self.num_boxes if self.fixed else self.max_boxes
+        give the minimum, see ``BoxSelection``); plus the whole-image token if any."""
+        return (self.num_boxes if self.fixed else self.max_boxes) + int(self.global_token)
 
     def forward(self, images: ImageBatch) -> Tokens:
         for h, w in images.image_sizes:
@@ -158,14 +202,14 @@ class RegionFeatures(nn.Module):
         probs = _per_image(head.class_probs.split(counts), counts)  # (B, R, C); padding 0
         conf, _ = self.nms(boxes, probs)  # (B, R) each box's best kept class score
         kept, kept_boxes, mask = self.select(features, boxes, conf)  # (B, K, 2048), (B, K, 4)
-        locations = location_features(kept_boxes, images.image_sizes, self.location_dims)
         self.last_workload = {
             **self.rpn.last_workload,
             "box_head_proposals": int(pooled.shape[0]),
             **self.nms.last_workload,
             **self.select.last_workload,
         }
-        return Tokens(self.embed(kept, locations), mask, kept_boxes)
+        return region_tokens(self.embed, kept, kept_boxes, mask, images.image_sizes,
+                             self.location_dims, self.global_token)
 
 
 def _per_image(rows: list[Tensor] | tuple[Tensor, ...], counts: list[int]) -> Tensor:
@@ -183,6 +227,8 @@ class PrecomputedRegionsConfig:
     feature_dim: int = 2048
     location_dims: int = 7
     width: int = 768
+    embedding: str = "uniter"
+    global_token: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,19 +252,20 @@ class PrecomputedRegions(nn.Module):
     """Precomputed region features -> tokens: only the region embedding runs, so a user sees the
     fusion cost without the detector."""
 
-    def __init__(self, *, num_boxes: int, feature_dim: int, location_dims: int,
-                 width: int) -> None:
+    def __init__(self, *, num_boxes: int, feature_dim: int, location_dims: int, width: int,
+                 embedding: str = "uniter", global_token: bool = False) -> None:
         super().__init__()
         self.out_dim = width
         self.num_boxes = num_boxes
         self.feature_dim = feature_dim
         self.location_dims = location_dims
+        self.global_token = global_token
         self.embed = RegionEmbedding(feature_dim=feature_dim, location_dims=location_dims,
-                                     width=width)
+                                     width=width, style=embedding)
         self.substages = {"embed": "visual_embedding"}
 
     def num_tokens(self, image_size: tuple[int, int]) -> int:
-        return self.num_boxes
+        return self.num_boxes + int(self.global_token)
 
     def example_input(self, batch_size: int, image_size: tuple[int, int],
                       generator: torch.Generator) -> RegionBatch:
@@ -234,7 +281,7 @@ class PrecomputedRegions(nn.Module):
         if regions.features.shape[-1] != self.feature_dim:
             raise ValueError(f"expected {self.feature_dim}-d region features, got "
                              f"{regions.features.shape[-1]}")
-        locations = location_features(regions.boxes, regions.image_sizes, self.location_dims)
-        embeds = self.embed(regions.features, locations)  # (B, N, width)
-        mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device)
-        return Tokens(embeds, mask, regions.boxes)
+        mask = torch.ones(regions.features.shape[:2], dtype=torch.bool,
+                          device=regions.features.device)
+        return region_tokens(self.embed, regions.features, regions.boxes, mask,
+                             regions.image_sizes, self.location_dims, self.global_token)
