@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from feature_extractors import build_embedder, spec_for_config
 
+from .compose import compose, pair_matrix, resolve_preset
 from .fusion import FUSIONS, FusionOutput, build_fusion, fusion_spec_for_config
 from .heads import build_head
 from .model import Stage, VLModel
@@ -15,8 +16,9 @@ from .presets import PRESETS, Preset
 
 
 def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:
-    """A model from a preset name or object; ``head=True`` adds its task head."""
-    p = PRESETS.get(preset) if isinstance(preset, str) else preset
+    """A model from a preset or ``embedder+fusion`` pair name, or a ``Preset``;
+    ``head=True`` adds its task head."""
+    p = resolve_preset(preset) if isinstance(preset, str) else preset
     visual = build_embedder(p.visual)
     text = build_embedder(p.text)
     fusion = build_fusion(p.fusion, text_dim=text.out_dim, vision_dim=visual.out_dim)
@@ -44,5 +46,8 @@ __all__ = [
     "Stage",
     "VLModel",
     "build_model",
+    "compose",
     "list_models",
+    "pair_matrix",
+    "resolve_preset",
 ]

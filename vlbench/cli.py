@@ -45,11 +45,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list models, embedders, fusion schemes or suites")
     p.add_argument("what", nargs="?", default="models",
-                   choices=["models", "embedders", "fusions", "suites"])
+                   choices=["models", "embedders", "fusions", "pairs", "suites"])
 
     p = sub.add_parser("run", help="run a suite and store the results")
     p.add_argument("--suite", default="latency", help="built-in suite name or a .yaml path")
     p.add_argument("--models", help="comma-separated presets (default: the suite's)")
+    p.add_argument("--compose", help="comma-separated EMBEDDER+FUSION pairs, e.g. "
+                   "patch+two-stream,region+dual-encoder (added to --models)")
+    p.add_argument("--size", choices=["base", "tiny"],
+                   help="tiny: every model at its tiny twin's widths (seconds on a CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-sizes", help="comma-separated, e.g. 1,8 (default: the suite's)")
     p.add_argument("--precisions", help="comma-separated: fp32, tf32, bf16, fp16")
@@ -67,14 +71,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label", help="a label stored with the run")
     p.add_argument("--db", help=f"results database (default {default_db_path()})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report", action="store_true",
+                   help="write an HTML report of the run when it ends (under reports/)")
 
     p = sub.add_parser("profile", help="parameters and FLOPs per stage, no timing")
-    p.add_argument("model")
+    p.add_argument("model", help="a preset or an EMBEDDER+FUSION pair")
+    p.add_argument("--size", choices=["base", "tiny"])
     p.add_argument("--image-size", help="HxW (default: the canonical input)")
     p.add_argument("--text-len", type=int)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--head", action="store_true")
     p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = sub.add_parser("report", help="write a self-contained HTML (or markdown) report")
+    p.add_argument("--run", default="latest", help="run id(s), comma-separated, or 'latest'")
+    p.add_argument("--baseline", help="compare with this run id")
+    p.add_argument("--format", choices=["html", "markdown"], default="html")
+    p.add_argument("--out", help="default reports/vlbench-run<ID>.html")
+    p.add_argument("--db", help=f"results database (default {default_db_path()})")
 
     p = sub.add_parser("export", help="export a stored run as JSON or CSV")
     p.add_argument("--run", default="latest", help="run id or 'latest' (default)")
@@ -86,11 +100,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    handlers = {"list": cmd_list, "run": cmd_run, "profile": cmd_profile, "export": cmd_export}
+    handlers = {"list": cmd_list, "run": cmd_run, "profile": cmd_profile, "export": cmd_export,
+                "report": cmd_report}
     try:
         args = _parser().parse_args(argv)
         args.argv = ["vlbench", *argv]  # recorded with a run: the command that reproduces it
         return handlers[args.command](args)
+    except BrokenPipeError:  # `vlbench ... | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     except (UsageError, SuiteError, NotAStoreError, KeyError, ValueError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"vlbench: error: {message}", file=sys.stderr)
@@ -131,10 +149,30 @@ def cmd_list(args: argparse.Namespace) -> int:
     elif args.what == "fusions":
         for name in FUSIONS:
             print(f"{name:<14} {FUSIONS.get(name).description}")
+    elif args.what == "pairs":
+        _print_pairs()
     else:
         for name in builtin_suites():
             print(f"{name:<10} {load_suite(name).description}")
     return 0
+
+
+def _print_pairs() -> None:
+    """The embedder x fusion matrix: every cell is a model ('vlbench run --compose V+F');
+    published presets are listed in their cell."""
+    from architectures import FUSIONS, pair_matrix
+
+    matrix = pair_matrix()
+    fusions = FUSIONS.names()
+    visuals = sorted({v for v, _ in matrix})
+    cells = {k: ", ".join(v) or "-" for k, v in matrix.items()}
+    widths = [max(len(f), *(len(cells[(v, f)]) for v in visuals)) for f in fusions]
+    print(f"{'':<12} " + " | ".join(f"{f:<{w}}" for f, w in zip(fusions, widths, strict=True)))
+    for v in visuals:
+        row = " | ".join(f"{cells[(v, f)]:<{w}}" for f, w in zip(fusions, widths, strict=True))
+        print(f"{v:<12} {row}")
+    print("\nany cell runs as EMBEDDER+FUSION, e.g. 'vlbench run --compose patch+two-stream'; "
+          "'--size tiny' for test widths")
 
 
 def _csv_names(text: str, registry_get) -> list[str]:  # noqa: ANN001
@@ -149,7 +187,7 @@ def _csv_names(text: str, registry_get) -> list[str]:  # noqa: ANN001
 def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from architectures import PRESETS
+    from architectures import resolve_preset
 
     from .env import collect_environment
     from .precision import check_precision
@@ -166,10 +204,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.text_len is not None and args.text_len <= 0:
         raise UsageError(f"--text-len must be a positive integer, got {args.text_len}")
     entries = suite.models
-    if args.models:
-        entries = tuple(ModelEntry(m) for m in _csv_names(args.models, PRESETS.get))
+    if args.models or args.compose:
+        names = _csv_names(args.models, resolve_preset) if args.models else []
+        names += _csv_names(args.compose, resolve_preset) if args.compose else []
+        entries = tuple(ModelEntry(m) for m in names)
     entries = tuple(
-        ModelEntry(e.model, image_size or e.image_size, args.text_len or e.text_len)
+        ModelEntry(resolve_preset(e.model, args.size).name if args.size else e.model,
+                   image_size or e.image_size, args.text_len or e.text_len)
         for e in entries
     )
     changes: dict = {"models": entries}
@@ -240,6 +281,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(results_table(results))
     print(f"\nrun {run_id} stored in {store.path}; export with: vlbench export --run {run_id}")
+    if args.report:
+        with _open_store(store.path) as reader:
+            path = _write_report(reader, [run_id], None, "html", None, args.argv)
+        print(f"report: {path}")
     failed = [r for r in results if r.status != "ok"]
     return 1 if failed and len(failed) == len(results) else 0
 
@@ -262,7 +307,10 @@ def cmd_profile(args: argparse.Namespace) -> int:
     image_size = _parse(parse_image_size, args.image_size) if args.image_size else None
     if args.batch_size <= 0 or (args.text_len is not None and args.text_len <= 0):
         raise UsageError("--batch-size and --text-len must be positive integers")
-    profile = profile_model(args.model, image_size=image_size, text_len=args.text_len,
+    from architectures import resolve_preset
+
+    name = resolve_preset(args.model, args.size).name
+    profile = profile_model(name, image_size=image_size, text_len=args.text_len,
                             batch_size=args.batch_size, head=args.head)
     if args.format == "json":
         print(json.dumps(profile, indent=2))
@@ -283,6 +331,29 @@ def cmd_profile(args: argparse.Namespace) -> int:
     if profile["profiled_on"] != "meta":
         print("data-dependent stages (host_sync): profiled by one forward on the CPU")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    path = Path(args.db) if args.db else default_db_path()
+    if not path.exists():
+        raise UsageError(f"no results database at {path}; run 'vlbench run' first or pass --db")
+    with _open_store(path) as store:
+        run_ids = [store.resolve_run(r.strip()) for r in args.run.split(",")]
+        baseline = store.resolve_run(args.baseline) if args.baseline else None
+        out = _write_report(store, run_ids, baseline, args.format, args.out, args.argv)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _write_report(store: Store, run_ids: list[int], baseline: int | None, fmt: str,
+                  out: str | None, argv: list[str]) -> Path:
+    from .report import write_report
+
+    try:
+        return write_report(store, run_ids, baseline=baseline, fmt=fmt,
+                            out=Path(out) if out else None, command=shlex.join(argv))
+    except OSError as exc:
+        raise UsageError(f"cannot write report: {exc.strerror or exc}") from None
 
 
 def cmd_export(args: argparse.Namespace) -> int:

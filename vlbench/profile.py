@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from architectures import PRESETS, build_model
+from architectures import build_model, resolve_preset
 
 from .flops import count_flops, count_params
 
@@ -27,7 +27,7 @@ def profile_model(
     seed: int = 0,
 ) -> dict[str, Any]:
     """The export schema's field names: params_total, flops_total, stages {name: {...}}."""
-    preset = PRESETS.get(name)
+    preset = resolve_preset(name)
     image_size = image_size or preset.image_size
     text_len = text_len or preset.text_len
     with torch.device("meta"):

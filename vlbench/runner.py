@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from architectures import PRESETS, build_model
+from architectures import build_model, resolve_preset
 from feature_extractors import spec_for_config
 
 from .flops import count_flops, count_params
@@ -78,7 +78,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
-    preset = PRESETS.get(spec.model)
+    preset = resolve_preset(spec.model)
     device = torch.device(spec.device)
     settings = apply_precision(spec.precision)
     settings.update(seed=options.seed, head=options.head, threads=torch.get_num_threads(),

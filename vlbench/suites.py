@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from architectures import PRESETS
+from architectures import resolve_preset
 
 from .precision import check_precision
 from .results import CaseSpec
@@ -43,7 +43,7 @@ class Suite:
     def cases(self, device: str) -> list[CaseSpec]:
         out = []
         for entry in self.models:
-            preset = PRESETS.get(entry.model)
+            preset = resolve_preset(entry.model)
             for batch in self.batch_sizes:
                 for precision in self.precisions:
                     out.append(CaseSpec(
@@ -127,7 +127,7 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         if not models:
             raise ValueError("'models' must be a non-empty list")
         for entry in models:
-            PRESETS.get(entry.model)
+            resolve_preset(entry.model)
         batches = parse_int_list(",".join(map(str, _list(data, "batch_sizes", [1]))),
                                  "batch_sizes")
         precisions = tuple(_list(data, "precisions", ["fp32"]))

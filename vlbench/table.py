@@ -16,7 +16,7 @@ def _ms(value: float | None) -> str:
 
 def results_table(results: Sequence[CaseResult]) -> str:
     """One row per case: end-to-end, the stage sum, the top-level stages, FLOPs, memory."""
-    header = (f"{'model':<18} {'b':>3} {'input':>13} {'tokens':>8} {'e2e ms':>9} {'cv':>6} "
+    header = (f"{'model':<26} {'b':>3} {'input':>13} {'tokens':>8} {'e2e ms':>9} {'cv':>6} "
               f"{'sum ms':>9} {'visual':>8} {'text':>7} {'fusion':>8} {'GFLOPs':>8} "
               f"{'params M':>9} {'peak MB':>8}")
     lines = [header, "-" * len(header)]
@@ -24,7 +24,7 @@ def results_table(results: Sequence[CaseResult]) -> str:
         s = r.spec
         size = f"{s.image_size[0]}x{s.image_size[1]}+{s.text_len}"
         if r.status != "ok" or r.end_to_end is None:
-            lines.append(f"{s.model:<18} {s.batch_size:>3} {size:>13}  {r.status.upper()}: "
+            lines.append(f"{s.model:<26} {s.batch_size:>3} {size:>13}  {r.status.upper()}: "
                          f"{r.message}")
             continue
         top = {st.name: st.timing.median_ms for st in r.stages if st.parent is None and st.timing}
@@ -34,7 +34,7 @@ def results_table(results: Sequence[CaseResult]) -> str:
         unstable = "*" if r.end_to_end.unstable else " "
         peak = f"{r.peak_mem_bytes / 2**20:.0f}" if r.peak_mem_bytes else "-"
         lines.append(
-            f"{s.model:<18} {s.batch_size:>3} {size:>13} {tokens:>8} "
+            f"{s.model:<26} {s.batch_size:>3} {size:>13} {tokens:>8} "
             f"{_ms(r.end_to_end.median_ms):>8}{unstable} {r.end_to_end.cv:>6.1%} "
             f"{_ms(r.stage_sum_ms):>8}{flag} {_ms(top.get('visual')):>8} "
             f"{_ms(top.get('text')):>7} {_ms(top.get('fusion')):>8} "

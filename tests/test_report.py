@@ -1,0 +1,243 @@
+"""Reports: self-contained, escaped, atomic HTML; markdown; the paper's data; run comparison."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import jinja2
+import numpy as np
+import pytest
+
+from vlbench import cli, paper
+from vlbench.compare import compare_cases, compare_samples, min_p_value, ranked
+from vlbench.report import collect, render_markdown, write_report
+from vlbench.report.charts import breakdown
+from vlbench.results import CaseResult, CaseSpec, StageResult
+from vlbench.stats import summarize
+from vlbench.store import Store
+
+MODELS = ("vilt-b32-tiny", "uniter-base-tiny", "pixelbert-r50-tiny")
+EVIL = "<script>alert(1)</script> $x$ $\\frac{$"  # tags, and math that mathtext cannot parse
+EVIL_MODEL = "vilt-b32-tiny" + EVIL
+REMOTE = re.compile(
+    r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//|@import|url\(\s*["']?\s*(?:https?:)?//""",
+    re.IGNORECASE,
+)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny run (3 models x batch 1, 2), with a hostile label, model name and failure message."""
+    path = tmp_path_factory.mktemp("report") / "results.sqlite"
+    code = cli.main(["run", "--suite", "smoke", "--models", ",".join(MODELS), "--repeats", "2",
+                     "--min-time", "0", "--warmup", "1", "--no-progress", "--db", str(path)])
+    assert code == 0
+    with Store.open(path) as store:
+        cases = store.cases(1)
+        failed = CaseResult(spec=CaseSpec("clip-vit-b32-tiny", 1, (64, 64), 16, "fp32", "cpu"),
+                            status="error", message="RuntimeError: " + EVIL)
+        store.add_case(1, failed)
+    first = next(c for c in cases if c.spec.model == "vilt-b32-tiny" and c.spec.batch_size == 1)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE runs SET label = ? WHERE id = 1", ("label" + EVIL,))
+        row_id, payload = conn.execute(
+            "SELECT id, result_json FROM cases WHERE run_id = 1 AND model = ? ORDER BY id LIMIT 1",
+            (first.spec.model,),
+        ).fetchone()
+        conn.execute("UPDATE cases SET result_json = ?, model = ? WHERE id = ?",
+                     (payload.replace('"vilt-b32-tiny"', json.dumps(EVIL_MODEL)), EVIL_MODEL,
+                      row_id))
+    conn.close()
+    return path
+
+
+@pytest.fixture()
+def store(store_path: Path) -> Iterator[Store]:
+    with Store.open(store_path) as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def html(store_path: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("out") / "report.html"
+    with Store.open(store_path) as handle:
+        assert write_report(handle, [1], out=out, command="vlbench report --run 1") == out
+    return out.read_text(encoding="utf-8")
+
+
+def test_html_is_self_contained(html: str) -> None:
+    assert html.startswith("<!DOCTYPE html>")
+    assert "<script" not in html.lower()
+    assert not REMOTE.search(html), REMOTE.search(html)
+    assert "<link" not in html.lower() and "<img" not in html.lower()
+    assert "<?xml" not in html and "<!DOCTYPE svg" not in html
+    charts = html.count('<figure class="chart"')
+    assert charts == 2  # the headline bars and throughput against batch size (batch 1 and 2)
+    assert html.count("<svg") == charts
+
+
+def test_tables_have_one_row_per_case(html: str, store: Store) -> None:
+    cases = store.cases(1)
+    ok = [c for c in cases if c.status == "ok"]
+    assert html.count('class="case-row"') == len(cases) == 7
+    # one headline row per model (its smallest batch): the renamed b1 case makes a fourth model
+    assert html.count('class="table6-row"') == len({c.spec.model for c in ok}) == 4
+    assert html.count('class="failure-row"') == 1
+    assert html.count('class="stage-row"') == sum(len(c.stages) for c in ok)
+    assert "ok" in html and "uniter-base-tiny" in html and "visual.nms" in html
+    assert "boxes_in_nms" in html and "host sync" in html  # workload record and host-sync flag
+    assert "vlbench run --suite smoke" in html  # the command that reproduces the run
+    assert "fp32_precision" in html  # precision flags
+    assert "2 FLOPs" in html
+
+
+def test_user_strings_are_escaped(html: str) -> None:
+    assert "<script>alert(1)</script>" not in html
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert html.count(escaped) >= 4  # label, model name (several tables), failure message
+    assert "$x$" in html
+
+
+def test_deterministic(store: Store, tmp_path: Path) -> None:
+    a, b = tmp_path / "a.html", tmp_path / "b.html"
+    write_report(store, [1], out=a)
+    write_report(store, [1], out=b)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_default_path(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_report(store, [1])
+    assert path == Path("reports/vlbench-run1.html") and (tmp_path / path).is_file()
+
+
+def test_write_is_atomic(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: jinja2.Template, *args: object, **kwargs: object):  # noqa: ANN202
+        yield "<!DOCTYPE html><html>partial"
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(jinja2.Template, "generate", broken)
+    fresh = tmp_path / "new" / "report.html"
+    with pytest.raises(RuntimeError, match="render failed"):
+        write_report(store, [1], out=fresh)
+    assert not fresh.exists() and list(fresh.parent.iterdir()) == []
+    older = tmp_path / "old.html"
+    older.write_text("previous report")
+    with pytest.raises(RuntimeError):
+        write_report(store, [1], out=older)
+    assert older.read_text() == "previous report"
+    assert [p.name for p in tmp_path.iterdir() if p.is_file()] == ["old.html"]
+
+
+def test_bad_arguments(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="format"):
+        write_report(store, [1], out=tmp_path / "r", fmt="pdf")  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="no run 99"):
+        write_report(store, [99], out=tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_markdown(store: Store, tmp_path: Path) -> None:
+    text = render_markdown(store, [1], command="vlbench report --format markdown")
+    assert "| model | input | tokens |" in text
+    for model in ("uniter-base-tiny", "pixelbert-r50-tiny"):
+        assert f"| {model} |" in text
+    assert "<script>" not in text and "&lt;script&gt;" in text and "\\$x\\$" in text
+    assert "region / patch" in text and "### Failed cases" in text
+    path = write_report(store, [1], out=tmp_path / "r.md", fmt="markdown")
+    assert path.read_text(encoding="utf-8") == render_markdown(store, [1])
+
+
+def test_baseline_section(store: Store, tmp_path: Path) -> None:
+    """A copy of run 1 as run 2: every stage compares 'same', and the section is there."""
+    current = store.start_run(label="copy", suite="smoke", command="copy", env={}, settings={})
+    for case in store.cases(1):
+        store.add_case(current, case)
+    store.finish_run(current)
+    data = collect(store, [current], baseline=1)
+    rows = data.comparisons[current]
+    assert rows and {c.verdict for c in rows} <= {"same", "inconclusive"}
+    assert all(c.ratio == 1.0 for c in rows)
+    out = write_report(store, [current], baseline=1, out=tmp_path / "cmp.html")
+    page = out.read_text()
+    assert 'id="baseline"' in page and page.count('class="comparison-row"') == len(rows)
+    other = store.start_run(label=None, suite=None, command="x", env={}, settings={})
+    with pytest.raises(ValueError, match="no successful cases in common"):
+        write_report(store, [other], baseline=1, out=tmp_path / "none.html")
+
+
+# -- comparison -------------------------------------------------------------------------------
+
+
+def _case(samples: np.ndarray, model: str = "m") -> CaseResult:
+    values = tuple(float(v) for v in samples)
+    stage = StageResult(name="visual", kind="patch", parent=None, timing=summarize(values),
+                        calls=1, flops=0, params=0, samples_ms=values)
+    return CaseResult(spec=CaseSpec(model, 1, (32, 32), 4, "fp32", "cpu"), status="ok",
+                      end_to_end=summarize(values), end_to_end_samples_ms=values,
+                      stage_sum_ms=float(np.median(values)), stages=(stage,))
+
+
+def test_compare_verdicts() -> None:
+    rng = np.random.default_rng(0)
+    base = 100 + rng.normal(0, 2, 40)
+    slower = compare_cases([_case(base)], [_case(1.2 * (100 + rng.normal(0, 2, 40)))])
+    assert {c.stage for c in slower} == {"end_to_end", "visual"}
+    assert all(c.verdict == "slower" and c.p_value < 0.01 for c in slower)
+    assert all(1.15 < c.ratio < 1.25 for c in slower)
+    faster = compare_cases([_case(base)], [_case(0.8 * base)])
+    assert all(c.verdict == "faster" for c in faster)
+    assert all(c.verdict == "same" for c in compare_cases([_case(base)], [_case(base)]))
+    few = compare_cases([_case(base[:3])], [_case(2 * base[:3])])
+    assert all(c.verdict == "inconclusive" for c in few)
+    with pytest.raises(ValueError, match="no successful cases in common"):
+        compare_cases([_case(base, "a")], [_case(base, "b")])
+
+
+def test_compare_helpers() -> None:
+    assert min_p_value(3, 3) == pytest.approx(0.1)  # 2 / C(6, 3)
+    assert min_p_value(8, 8) < 0.01
+    # a large change that the samples cannot confirm is not called "same"
+    noisy = np.array([100.0, 300.0, 80.0, 260.0, 90.0, 310.0, 70.0, 120.0, 250.0, 95.0])
+    ratio, p_value, verdict = compare_samples(noisy, noisy[::-1] * 1.3)
+    assert ratio > 1.1 and p_value is not None and p_value > 0.01 and verdict == "inconclusive"
+    rows = compare_cases([_case(np.arange(10.0) + 100)], [_case(np.arange(10.0) + 200)])
+    assert ranked(rows)[0].verdict == "slower"
+
+
+# -- data ---------------------------------------------------------------------------------------
+
+
+def test_breakdown_splits_top_level_stages_by_child_kind() -> None:
+    def stage(name: str, kind: str, parent: str | None, ms: float) -> StageResult:
+        return StageResult(name=name, kind=kind, parent=parent, timing=summarize([ms]), calls=1,
+                           flops=0, params=0)
+
+    result = CaseResult(
+        spec=CaseSpec("m", 1, (32, 32), 4, "fp32", "cpu"), status="ok",
+        stages=(stage("visual", "region", None, 100.0), stage("visual.backbone", "backbone",
+                "visual", 30.0), stage("visual.nms", "region_ops", "visual", 50.0),
+                stage("text", "text", None, 1.0), stage("fusion", "interaction", None, 10.0),
+                stage("fusion.vision_tower", "single_modality", "fusion", 12.0)),
+    )
+    assert breakdown(result) == {
+        paper.BACKBONE: 30.0, paper.REGION_OPS: 50.0, paper.VISUAL_EMBEDDING: 20.0,
+        paper.TEXT_EMBEDDING: 1.0, paper.SINGLE_MODALITY: 12.0,  # interaction floored at 0
+    }
+
+
+def test_paper_figures() -> None:
+    vilt = paper.table6_row("vilt-b32")
+    assert vilt is not None and (vilt.tokens, vilt.params_m, vilt.gflops, vilt.time_ms) == (
+        "200+40", 87.4, 55.9, 15.0)
+    assert paper.table6_row("vilt-b32-tiny") is None
+    for bar in paper.FIGURE1:
+        assert set(bar.parts_ms) <= set(paper.CATEGORIES)
+        assert sum(bar.parts_ms.values()) == pytest.approx(bar.total_ms, rel=0.03)
+    assert paper.PAPER_RATIO_END_TO_END == {"region": 60.0, "grid": 4.0}
+    assert "2102.03334" in paper.CITATION
