@@ -195,7 +195,7 @@ _register(
         "pixelbert-x152", visual=ResNetGridConfig(backbone="x152-32x8d", pool=2), bert=BERT_BASE,
         vocab=30522, max_positions=512, text_len=40, image_size=(600, 1000),
         paper_tokens="146+?", source="Huang et al. 2020 (Pixel-BERT), arXiv 2004.00849",
-        description="Pixel-BERT-X152: ResNeXt-152 32x8d grid at 600x1000 (9x15 = 135 tokens) "
+        description="Pixel-BERT-X152: ResNeXt-152 32x8d grid at 600x1000 (9x16 = 144 tokens) "
                     "+ BERT-base; x152-32x4d is the width the ViLT paper's Table 6 fits"),
     _bert_single_stream(
         "pixelbert-x152-tiny", visual=ResNetGridConfig(backbone="tiny", pool=2),
