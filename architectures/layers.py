@@ -27,18 +27,22 @@ def key_padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 class Attention(nn.Module):
     """Multi-head attention; queries from ``x``, keys and values from ``context`` (self-attention
-    when ``context`` is None), so the same module serves co-attention."""
+    when ``context`` is None), so the same module serves co-attention. The heads work at
+    ``inner`` width (default ``width``), which may differ from the query stream's: ViLBERT's
+    bi-attention has 768-wide text queries, 1024-wide heads, output projected back to 768."""
 
-    def __init__(self, width: int, heads: int, *, context_width: int | None = None) -> None:
+    def __init__(self, width: int, heads: int, *, context_width: int | None = None,
+                 inner: int | None = None) -> None:
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        inner = inner or width
+        if inner % heads:
+            raise ValueError(f"width {inner} is not divisible by {heads} heads")
         context_width = context_width or width
         self.heads = heads
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(context_width, width)
-        self.value = nn.Linear(context_width, width)
-        self.out = nn.Linear(width, width)
+        self.query = nn.Linear(width, inner)
+        self.key = nn.Linear(context_width, inner)
+        self.value = nn.Linear(context_width, inner)
+        self.out = nn.Linear(inner, width)
 
     def forward(
         self,
@@ -48,12 +52,13 @@ class Attention(nn.Module):
         is_causal: bool = False,
     ) -> torch.Tensor:
         context = x if context is None else context
-        b, n, d = x.shape
-        q = self.query(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, N, d/h)
-        k = self.key(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
-        v = self.value(context).view(b, context.shape[1], self.heads, -1).transpose(1, 2)
+        b, n, _ = x.shape
+        m = context.shape[1]
+        q = self.query(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, N, inner/h)
+        k = self.key(context).view(b, m, self.heads, -1).transpose(1, 2)  # (B, h, M, inner/h)
+        v = self.value(context).view(b, m, self.heads, -1).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
+        return self.out(y.transpose(1, 2).reshape(b, n, -1))  # (B, N, width)
 
 
 class MLP(nn.Module):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from conftest import HostSyncDetector
 
 from feature_extractors.region.nms import ClassAgnosticNMS, PerClassNMS
 from feature_extractors.region.select import BoxSelection, location_features
@@ -303,42 +303,19 @@ def test_box_selection_validates(kwargs, match: str) -> None:
         BoxSelection(**kwargs)
 
 
-class _HostSyncDetector(TorchDispatchMode):
-    """Records ops that read device values on the host (``.item()``, data-dependent shapes)."""
-
-    SYNC_OPS = frozenset({"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func._schema.name in self.SYNC_OPS:
-            self.seen.append(func._schema.name)
-        return func(*args, **(kwargs or {}))
-
-
-def test_fixed_selection_and_locations_never_read_device_values(monkeypatch) -> None:
+def test_fixed_selection_and_locations_never_read_device_values(no_host_reads) -> None:
     conf = torch.rand(2, 50)
     features, boxes = selection_inputs(conf)
     select = BoxSelection(mode="fixed", num_boxes=36)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("device-to-host read inside fixed box selection")
-
-    for attr in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
-        monkeypatch.setattr(torch.Tensor, attr, forbidden)
-    with torch.no_grad(), _HostSyncDetector() as detector:
+    with no_host_reads():
         _, kept, _ = select(features, boxes, conf)
         location_features(kept, [(480, 640), (600, 800)], 7)
-    monkeypatch.undo()
-    assert detector.seen == []
 
 
 def test_adaptive_selection_is_seen_to_sync() -> None:
     # The detector's positive control: adaptive counts come from the scores.
     conf = torch.rand(1, 50)
-    with torch.no_grad(), _HostSyncDetector() as detector:
+    with torch.no_grad(), HostSyncDetector() as detector:
         BoxSelection(mode="adaptive")(*selection_inputs(conf), conf)
     assert "aten::nonzero" in detector.seen
 

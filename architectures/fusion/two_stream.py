@@ -111,38 +111,6 @@ def check_layout(
             previous = position
 
 
-class ProjectedAttention(Attention):
-    """``Attention`` whose heads work at ``inner`` width, which may differ from the query
-    stream's ``width`` (ViLBERT's bi-attention: 768-wide text queries, 1024-wide heads, output
-    projected back to 768). Same parameters as BERT's query, key, value and output dense."""
-
-    def __init__(self, width: int, heads: int, *, context_width: int, inner: int) -> None:
-        nn.Module.__init__(self)
-        if inner % heads:
-            raise ValueError(f"width {inner} is not divisible by {heads} heads")
-        self.heads = heads
-        self.query = nn.Linear(width, inner)
-        self.key = nn.Linear(context_width, inner)
-        self.value = nn.Linear(context_width, inner)
-        self.out = nn.Linear(inner, width)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
-    ) -> torch.Tensor:
-        context = x if context is None else context
-        b, n, _ = x.shape
-        m = context.shape[1]
-        q = self.query(x).view(b, n, self.heads, -1).transpose(1, 2)  # (B, h, N, inner/h)
-        k = self.key(context).view(b, m, self.heads, -1).transpose(1, 2)  # (B, h, M, inner/h)
-        v = self.value(context).view(b, m, self.heads, -1).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        return self.out(y.transpose(1, 2).reshape(b, n, -1))  # (B, N, width)
-
-
 class AttentionSublayer(nn.Module):
     """Post-LN attention sublayer: LN(x + attention(x, context)) -- BERT's ``BertAttention``
     (self-attention, ``context`` None) or LXMERT's ``LxmertCrossAttentionLayer``."""
@@ -157,14 +125,7 @@ class AttentionSublayer(nn.Module):
         eps: float,
     ) -> None:
         super().__init__()
-        context_width = context_width or width
-        inner = inner or width
-        if inner == width:
-            self.attention: Attention = Attention(width, heads, context_width=context_width)
-        else:
-            self.attention = ProjectedAttention(
-                width, heads, context_width=context_width, inner=inner
-            )
+        self.attention = Attention(width, heads, context_width=context_width, inner=inner)
         self.norm = nn.LayerNorm(width, eps=eps)
 
     def forward(
