@@ -1,4 +1,11 @@
-"""Shared test tools."""
+"""Shared test tools.
+
+``vlbench run`` measures in worker processes by default. Tests that call ``main(["run", ...])``
+in-process and patch the runner (``monkeypatch.setattr(vlbench.runner, ...)``) need the patch to
+be seen, which a spawned worker would not; so the suite runs in-process unless a test asks for
+workers (the ``isolated`` fixture of tests/test_worker.py and tests/test_resume.py, and the
+subprocess runs of tests/live_runs.py).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,15 @@ from collections.abc import Callable, Iterator
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from vlbench.cli import NO_ISOLATION_ENV
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _in_process_runs() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:  # session-wide: module fixtures run too
+        patch.setenv(NO_ISOLATION_ENV, "1")
+        yield
 
 
 class HostSyncDetector(TorchDispatchMode):

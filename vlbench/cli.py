@@ -7,12 +7,11 @@ that is not a store) ends with a one-line ``vlbench: error: ...`` and exit statu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import os
 import shlex
 import sqlite3
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +20,8 @@ from .store import NotAStoreError, Store, default_db_path
 from .suites import SuiteError, parse_image_size, parse_int_list
 
 EXIT_BAD_INPUT = 2
+#: set (non-empty, not 0) to make 'vlbench run' measure in-process by default
+NO_ISOLATION_ENV = "VLBENCH_NO_ISOLATION"
 
 
 class UsageError(Exception):
@@ -48,13 +49,13 @@ def _parser() -> argparse.ArgumentParser:
                    choices=["models", "embedders", "fusions", "pairs", "suites"])
 
     p = sub.add_parser("run", help="run a suite and store the results")
-    p.add_argument("--suite", default="latency", help="built-in suite name or a .yaml path")
+    p.add_argument("--suite", help="built-in suite name or a .yaml path (default latency)")
     p.add_argument("--models", help="comma-separated presets (default: the suite's)")
     p.add_argument("--compose", help="comma-separated EMBEDDER+FUSION pairs, e.g. "
                    "patch+two-stream,region+dual-encoder (added to --models)")
     p.add_argument("--size", choices=["base", "tiny"],
                    help="tiny: every model at its tiny twin's widths (seconds on a CPU)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-sizes", help="comma-separated, e.g. 1,8 (default: the suite's)")
     p.add_argument("--precisions", help="comma-separated: fp32, tf32, bf16, fp16")
     p.add_argument("--image-size", help="HxW for every model (default: each canonical input)")
@@ -67,8 +68,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="a slow case stops after this many seconds (at least 3 iterations)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--head", action="store_true", help="include each preset's task head")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed for weights and inputs (default 0)")
     p.add_argument("--label", help="a label stored with the run")
+    p.add_argument("--no-isolation", action="store_true",
+                   help="measure in this process (debugging); by default each case runs in a "
+                   "worker process, so a crash or out-of-memory costs one case, not the run")
+    p.add_argument("--memory-budget", type=float, metavar="GIB",
+                   help="CPU runs: memory a worker may hold, in GiB (2^30 bytes), libraries "
+                   "included; beyond it a case is recorded 'oom' (default 80%% of memory)")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                   help="measure what run RUN (default latest) is missing, with its recorded "
+                   "cases and settings")
     p.add_argument("--db", help=f"results database (default {default_db_path()})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report", action="store_true",
@@ -141,7 +151,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in PRESETS:
             p = PRESETS.get(name)
             h, w = p.image_size
-            print(f"{name:<20} {h}x{w} + {p.text_len} text  {p.description}")
+            print(f"{name:<30} {h}x{w} + {p.text_len} text  {p.description}")
     elif args.what == "embedders":
         for name in EMBEDDERS:
             e = EMBEDDERS.get(name)
@@ -185,21 +195,21 @@ def _csv_names(text: str, registry_get) -> list[str]:  # noqa: ANN001
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume is not None:
+        return _resume_run(args)
     import torch
 
     from architectures import resolve_preset
 
     from .env import collect_environment
     from .precision import check_precision
-    from .runner import CaseOptions, DeviceError, resolve_device, run_cases
+    from .runner import CaseOptions
     from .suites import ModelEntry, load_suite
     from .timing import TimingOptions
+    from .worker import choose_memory_budget
 
-    suite = load_suite(args.suite)
-    try:
-        device = resolve_device(args.device)
-    except DeviceError as exc:
-        raise UsageError(str(exc)) from None
+    suite = load_suite(args.suite or "latency")
+    device = _device(args.device or "auto")
     image_size = _parse(parse_image_size, args.image_size) if args.image_size else None
     if args.text_len is not None and args.text_len <= 0:
         raise UsageError(f"--text-len must be a positive integer, got {args.text_len}")
@@ -239,7 +249,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.threads <= 0:
             raise UsageError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    options = CaseOptions(timing=timing_options, head=args.head, seed=args.seed)
+    isolated = not (args.no_isolation or os.environ.get(NO_ISOLATION_ENV, "") not in ("", "0"))
+    # threads always explicit: a worker and a resume then use exactly the recorded count
+    options = CaseOptions(timing=timing_options, head=args.head,
+                          seed=0 if args.seed is None else args.seed,
+                          threads=torch.get_num_threads(), isolated=isolated,
+                          memory_budget=choose_memory_budget(isolated, device, args.memory_budget))
     cases = suite.cases(device)
 
     argv = args.argv
@@ -247,38 +262,65 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_id = store.start_run(
             label=args.label, suite=suite.name, command=shlex.join(argv),
             env=collect_environment(device, argv=argv),
-            settings={"suite": suite.name, "device": device, "timing": timing_options.__dict__,
-                      "head": args.head, "seed": args.seed, "threads": torch.get_num_threads(),
+            settings={"suite": suite.name, "device": device, **options.settings(),
                       "cases": [c.__dict__ for c in cases]},
         )
         print(f"run {run_id}: suite {suite.name}, {len(cases)} case(s) on {device}, "
               f"results in {store.path}", file=sys.stderr)
-        stop = threading.Event()
-        beat = threading.Thread(target=_heartbeat, args=(store, run_id, stop), daemon=True)
-        beat.start()
-        progress = _progress(len(cases), disable=args.no_progress)
-        status = "failed"
-        try:
-            def record(result):  # noqa: ANN001, ANN202
-                store.add_case(run_id, result)
-                progress.set_postfix_str(f"{result.spec.model} {result.status}")
-                progress.update(1)
+        return _execute(store, run_id, cases, options, args)
 
-            def announce(spec):  # noqa: ANN001, ANN202
-                progress.set_description(f"{spec.model} b{spec.batch_size} {spec.precision}")
 
-            results = run_cases(cases, options, record, before=announce)
-            status = "finished"
-        except KeyboardInterrupt:
-            status = "interrupted"
-            print(f"\ninterrupted: finished cases are kept in run {run_id}", file=sys.stderr)
-            return 130
-        finally:
-            progress.close()
-            stop.set()
-            store.finish_run(run_id, status)
+def _device(name: str) -> str:
+    from .runner import DeviceError, resolve_device
+
+    try:
+        return resolve_device(name)
+    except DeviceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+#: run flags that choose what to measure; a resume takes all of them from the stored run
+_FRESH_RUN_FLAGS = ("suite", "models", "compose", "size", "device", "batch_sizes", "precisions",
+                    "image_size", "text_len", "warmup", "repeats", "min_time", "max_repeats",
+                    "max_time", "threads", "head", "seed", "label", "memory_budget",
+                    "no_isolation")
+
+
+def _resume_run(args: argparse.Namespace) -> int:
+    from .resume import reopen
+    from .runner import apply_threads
+
+    given = [f"--{n.replace('_', '-')}" for n in _FRESH_RUN_FLAGS
+             if getattr(args, n) not in (None, False)]
+    if given:
+        raise UsageError("--resume measures the run's recorded cases with its recorded "
+                         f"settings; drop {', '.join(given)}")
+    path = Path(args.db) if args.db else default_db_path()
+    if not path.exists():
+        raise UsageError(f"no results database at {path}; nothing to resume")
+    with _open_store(path) as store:
+        plan = reopen(store, args.resume)
+        if not plan.missing:
+            print(f"run {plan.run_id} is complete: all {len(plan.cases)} case(s) ok; "
+                  "nothing to resume")
+            return 0
+        apply_threads(plan.options.threads)
+        print(f"run {plan.run_id}: resuming {len(plan.missing)} of {len(plan.cases)} case(s) "
+              f"on {plan.device}, results in {store.path}", file=sys.stderr)
+        return _execute(store, plan.run_id, plan.missing, plan.options, args)
+
+
+def _execute(store: Store, run_id: int, cases, options, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """Measure into the store (vlbench.session), then print the run's table and report."""
+    from .session import execute
     from .table import results_table
 
+    hint = f" --db {shlex.quote(str(args.db))}" if args.db else ""
+    interrupted = execute(store, run_id, cases, options, show_progress=not args.no_progress,
+                          resume_hint=hint)
+    if interrupted is not None:
+        return interrupted
+    results = store.cases(run_id)  # after a resume: the whole run, last attempts
     print(results_table(results))
     print(f"\nrun {run_id} stored in {store.path}; export with: vlbench export --run {run_id}")
     if args.report:
@@ -287,18 +329,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"report: {path}")
     failed = [r for r in results if r.status != "ok"]
     return 1 if failed and len(failed) == len(results) else 0
-
-
-def _heartbeat(store: Store, run_id: int, stop: threading.Event) -> None:
-    while not stop.wait(60):
-        with contextlib.suppress(Exception):  # a missed heartbeat must not kill the run
-            store.heartbeat(run_id)
-
-
-def _progress(total: int, disable: bool):  # noqa: ANN202
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="case", file=sys.stderr, disable=disable, dynamic_ncols=True)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

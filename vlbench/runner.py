@@ -1,14 +1,22 @@
 """Runs cases: builds a model from its preset, counts FLOPs and parameters per stage, times it,
 and turns the raw samples into a ``CaseResult``. A failing case (out of memory, any error) is
-recorded as that case's failure and the run goes on."""
+recorded as that case's failure and the run goes on.
+
+``run_cases`` runs in this process or, with ``CaseOptions(isolated=True)`` (the default of
+``vlbench run``), in reused worker processes (``vlbench.worker``) so that a crash or the kernel's
+OOM killer takes a case, not the run. Both paths call ``run_case`` with the same options.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,9 +54,38 @@ def resolve_device(name: str) -> str:
 
 @dataclass(frozen=True)
 class CaseOptions:
+    """How every case of a run is measured; recorded with the run (``settings``) so that a
+    resume measures the missing cases exactly as the first pass did."""
+
     timing: TimingOptions = TimingOptions()
     head: bool = False
     seed: int = 0
+    #: torch intra-op threads, applied in whichever process measures; None keeps torch's default
+    threads: int | None = None
+    #: run cases in reused worker processes (vlbench.worker) instead of this one
+    isolated: bool = False
+    #: bytes of private memory a CPU worker may hold (RLIMIT_DATA); None: no limit
+    memory_budget: int | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """The run-settings entries that ``from_settings`` reads back."""
+        return {"timing": dict(self.timing.__dict__), "head": self.head, "seed": self.seed,
+                "threads": self.threads, "isolation": "process" if self.isolated else "none",
+                "memory_budget_bytes": self.memory_budget}
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> CaseOptions:
+        """Rebuild the options of a stored run (runs from before isolation ran in-process)."""
+        return cls(timing=TimingOptions(**settings["timing"]), head=bool(settings["head"]),
+                   seed=int(settings["seed"]), threads=settings.get("threads"),
+                   isolated=settings.get("isolation", "none") == "process",
+                   memory_budget=settings.get("memory_budget_bytes"))
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count; the one place both execution paths do it."""
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def run_case(spec: CaseSpec, options: CaseOptions = CaseOptions()) -> CaseResult:
@@ -64,10 +101,23 @@ def run_case(spec: CaseSpec, options: CaseOptions = CaseOptions()) -> CaseResult
         del exc  # drop the frames that hold tensors before freeing memory
         result = CaseResult(spec=spec, status=status, message=message)
     finally:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release_memory()
     return CaseResult(**{**result.__dict__, "wall_s": round(time.perf_counter() - began, 3)})
+
+
+def release_memory() -> None:
+    """Hand a finished case's memory back: CUDA's cache, and glibc's free lists, which otherwise
+    keep a reused worker's resident set high and inflate the next case's CPU peak (VmHWM is
+    reset to the current RSS, not to zero)."""
+    gc.collect()
+    _malloc_trim()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -154,6 +204,11 @@ def run_cases(
     before: Callable[[CaseSpec], None] | None = None,
 ) -> list[CaseResult]:
     """Run cases in order, handing each result to ``on_result`` (the store) as it finishes."""
+    if options.isolated:
+        from .worker import run_isolated
+
+        return run_isolated(cases, options, on_result, before=before)
+    apply_threads(options.threads)
     results = []
     for spec in cases:
         if before is not None:

@@ -103,6 +103,10 @@ class NotAStoreError(Exception):
     """The path holds something other than a vlbench store; it was left untouched."""
 
 
+class RunActiveError(ValueError):
+    """The run is still in progress (its process is alive, or its heartbeat is fresh)."""
+
+
 class UnknownRunError(KeyError):
     """A run reference that matches no run; a ``KeyError`` whose ``str()`` is the plain message."""
 
@@ -406,6 +410,32 @@ class Store:
             )
             if cursor.rowcount == 0:
                 raise UnknownRunError(self._unknown_run_message(run_id))
+
+    def reopen_run(self, run_id: int) -> None:
+        """Mark a run that ended (or died) as 'running' again, owned by this process on this
+        host, so that a resume adds its cases to it. The liveness check and the update share one
+        write transaction: two resumes of the same run cannot both proceed.
+
+        Raises RunActiveError when the run is still in progress.
+        """
+        now = _iso(_now())
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT status, host, pid, heartbeat_at FROM runs WHERE id = ?", (run_id,)
+            ).fetchone()
+            if row is None:
+                raise UnknownRunError(self._unknown_run_message(run_id))
+            status, host, pid, beat = row
+            if effective_status(status, host, pid, beat) == "running":
+                raise RunActiveError(
+                    f"run {run_id} is still running (pid {pid} on {host}); "
+                    "wait for it to end or stop it before resuming"
+                )
+            conn.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL, heartbeat_at = ?,"
+                " host = ?, pid = ? WHERE id = ?",
+                (now, socket.gethostname(), os.getpid(), run_id),
+            )
 
     def run_ids(self) -> list[int]:
         """All run ids, oldest first."""
