@@ -94,7 +94,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
 
     p = sub.add_parser("report", help="write a self-contained HTML (or markdown) report")
-    p.add_argument("--run", default="latest", help="run id(s), comma-separated, or 'latest'")
+    p.add_argument("--run", nargs="+", default=["latest"],
+                   help="run id(s) (space- or comma-separated) or 'latest'")
     p.add_argument("--baseline", help="compare with this run id")
     p.add_argument("--format", choices=["html", "markdown"], default="html")
     p.add_argument("--out", help="default reports/vlbench-run<ID>.html")
@@ -368,7 +369,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"no results database at {path}; run 'vlbench run' first or pass --db")
     with _open_store(path) as store:
-        run_ids = [store.resolve_run(r.strip()) for r in args.run.split(",")]
+        refs = [r.strip() for arg in args.run for r in arg.split(",") if r.strip()]
+        run_ids = [store.resolve_run(r) for r in refs]
         baseline = store.resolve_run(args.baseline) if args.baseline else None
         out = _write_report(store, run_ids, baseline, args.format, args.out, args.argv)
     print(f"wrote {out}", file=sys.stderr)
