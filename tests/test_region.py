@@ -163,3 +163,11 @@ def test_case_records_the_region_workload():
     assert stages["visual.rpn"].workload["proposals_post_nms"] == 20
     assert stages["visual"].workload["box_head_proposals"] == 20
     assert stages["visual.nms"].host_sync and stages["visual.box_head"].flops > 0
+    assert r.settings["visual_input_shape"] == [1, 3, 128, 160]  # already a multiple of 32
+
+
+def test_detector_input_is_padded_to_its_stride_and_recorded():
+    model = build_model("uniter-base-tiny")
+    images, _, _ = model.example_inputs(1, (100, 150), 8)
+    assert images.image_sizes == ((100, 150),)
+    assert tuple(images.tensor.shape[-2:]) == (128, 160)  # detectron pads to 32

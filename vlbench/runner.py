@@ -137,6 +137,9 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
     model = build_model(preset, head=options.head).to(device).eval()
     inputs = model.example_inputs(spec.batch_size, spec.image_size, spec.text_len,
                                   device=device, seed=options.seed)
+    # the exact tensor timed: a detector's input is padded to its stride (800x1333 -> 800x1344)
+    visual_input = getattr(inputs[0], "tensor", getattr(inputs[0], "features", None))
+    settings["visual_input_shape"] = list(visual_input.shape) if visual_input is not None else None
 
     def forward() -> object:
         with torch.inference_mode(), autocast(spec.precision, device.type):
