@@ -119,6 +119,60 @@ class Encoder(nn.Module):
         return x
 
 
+# --- post-LN (BERT-style) blocks: ViLBERT and LXMERT -----------------------------------
+
+
+class AttentionSublayer(nn.Module):
+    """Post-LN attention sublayer: LN(x + attention(x, context)) -- BERT's ``BertAttention``
+    (self-attention, ``context`` None) or LXMERT's ``LxmertCrossAttentionLayer``."""
+
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        *,
+        context_width: int | None = None,
+        inner: int | None = None,
+        eps: float,
+    ) -> None:
+        super().__init__()
+        self.attention = Attention(width, heads, context_width=context_width, inner=inner)
+        self.norm = nn.LayerNorm(width, eps=eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.norm(x + self.attention(x, context, attn_mask=attn_mask))
+
+
+class FeedForward(nn.Module):
+    """Post-LN feed-forward sublayer: LN(x + fc2(gelu(fc1(x)))) -- BERT's intermediate and
+    output."""
+
+    def __init__(self, width: int, mlp_dim: int, *, eps: float) -> None:
+        super().__init__()
+        self.mlp = MLP(width, mlp_dim, "gelu")
+        self.norm = nn.LayerNorm(width, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.mlp(x))
+
+
+class PostLNBlock(nn.Module):
+    """A BERT layer (``BertLayer`` / ``LxmertLayer``): post-LN self-attention, post-LN FFN."""
+
+    def __init__(self, width: int, heads: int, mlp_dim: int, *, eps: float) -> None:
+        super().__init__()
+        self.attn = AttentionSublayer(width, heads, eps=eps)
+        self.ffn = FeedForward(width, mlp_dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.ffn(self.attn(x, attn_mask=attn_mask))
+
+
 def adapter(in_dim: int, out_dim: int) -> nn.Module:
     """Identity when widths agree, else a linear map: how any embedder fits any fusion."""
     return nn.Identity() if in_dim == out_dim else nn.Linear(in_dim, out_dim)

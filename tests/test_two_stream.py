@@ -15,12 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from architectures.fusion.two_stream import (
-    AttentionSublayer,
-    TwoStream,
-    TwoStreamConfig,
-    check_layout,
-)
+from architectures.fusion.two_stream import TwoStream, TwoStreamConfig, check_layout
+from architectures.layers import AttentionSublayer
 from feature_extractors import Tokens
 from vlbench.timing import StageHooks, check_fired
 

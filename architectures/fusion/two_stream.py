@@ -37,7 +37,7 @@ from torch import nn
 
 from feature_extractors import Tokens
 
-from ..layers import MLP, Attention, adapter, key_padding_mask
+from ..layers import AttentionSublayer, FeedForward, PostLNBlock, adapter, key_padding_mask
 from .base import FusionOutput
 
 POOLING = ("product", "text")
@@ -109,57 +109,6 @@ def check_layout(
                     f"{i - 1} (after {previous}): positions must not decrease"
                 )
             previous = position
-
-
-class AttentionSublayer(nn.Module):
-    """Post-LN attention sublayer: LN(x + attention(x, context)) -- BERT's ``BertAttention``
-    (self-attention, ``context`` None) or LXMERT's ``LxmertCrossAttentionLayer``."""
-
-    def __init__(
-        self,
-        width: int,
-        heads: int,
-        *,
-        context_width: int | None = None,
-        inner: int | None = None,
-        eps: float,
-    ) -> None:
-        super().__init__()
-        self.attention = Attention(width, heads, context_width=context_width, inner=inner)
-        self.norm = nn.LayerNorm(width, eps=eps)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        context: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.norm(x + self.attention(x, context, attn_mask=attn_mask))
-
-
-class FeedForward(nn.Module):
-    """Post-LN feed-forward sublayer: LN(x + fc2(gelu(fc1(x)))) -- BERT's intermediate and
-    output."""
-
-    def __init__(self, width: int, mlp_dim: int, *, eps: float) -> None:
-        super().__init__()
-        self.mlp = MLP(width, mlp_dim, "gelu")
-        self.norm = nn.LayerNorm(width, eps=eps)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x + self.mlp(x))
-
-
-class PostLNBlock(nn.Module):
-    """A BERT layer (``BertLayer`` / ``LxmertLayer``): post-LN self-attention, post-LN FFN."""
-
-    def __init__(self, width: int, heads: int, mlp_dim: int, *, eps: float) -> None:
-        super().__init__()
-        self.attn = AttentionSublayer(width, heads, eps=eps)
-        self.ffn = FeedForward(width, mlp_dim, eps=eps)
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.ffn(self.attn(x, attn_mask=attn_mask))
 
 
 class StreamLayers(nn.Module):
