@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from architectures import PRESETS
+from architectures import PRESETS, resolve_preset
 from vlbench.results import CaseSpec
 from vlbench.suites import (
     ModelEntry,
@@ -47,7 +47,7 @@ def test_every_builtin_suite_loads_from_any_directory(
     assert suite.description
     assert suite.models
     for entry in suite.models:
-        assert entry.model in PRESETS
+        resolve_preset(entry.model)  # a preset or a composed EMBEDDER+FUSION pair
     TimingOptions(**suite.timing)  # the suite's timing overrides are valid options
     cases = suite.cases("cpu")
     assert len(cases) == len(suite.models) * len(suite.batch_sizes) * len(suite.precisions)

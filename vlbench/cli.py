@@ -313,6 +313,7 @@ def _resume_run(args: argparse.Namespace) -> int:
 
 def _execute(store: Store, run_id: int, cases, options, args: argparse.Namespace) -> int:  # noqa: ANN001
     """Measure into the store (vlbench.session), then print the run's table and report."""
+    from .fit import fit_token_scaling, scaling_table
     from .session import execute
     from .table import results_table
 
@@ -323,6 +324,9 @@ def _execute(store: Store, run_id: int, cases, options, args: argparse.Namespace
         return interrupted
     results = store.cases(run_id)  # after a resume: the whole run, last attempts
     print(results_table(results))
+    fits = fit_token_scaling(results)
+    if fits:
+        print("\n" + scaling_table(fits))
     print(f"\nrun {run_id} stored in {store.path}; export with: vlbench export --run {run_id}")
     if args.report:
         with _open_store(store.path) as reader:

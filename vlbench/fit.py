@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .results import CaseResult
+
 
 @dataclass(frozen=True)
 class QuadraticFit:
@@ -63,3 +65,60 @@ def fit_quadratic(n: Sequence[float], time_ms: Sequence[float]) -> QuadraticFit:
     total = float(((y - y.mean()) ** 2).sum())
     r2 = 1.0 - residual / total if total > 0 else 1.0
     return QuadraticFit(float(a), float(b), float(c), r2, int(x.max()))
+
+
+@dataclass(frozen=True)
+class ScalingFit:
+    """Per-stage fits over the cases of one model (one batch size and precision) whose token
+    count varies: n = image + text tokens, the sequence the fusion sees."""
+
+    model: str
+    batch_size: int
+    precision: str
+    n: tuple[int, ...]
+    stages: dict[str, QuadraticFit]
+
+
+def fit_token_scaling(results: Sequence[CaseResult]) -> list[ScalingFit]:
+    """A ``ScalingFit`` for every model of a run measured at three or more token counts (a
+    suite's ``sweep``); other cases are left out, a run without a sweep gives an empty list."""
+    groups: dict[tuple[str, int, str], list[CaseResult]] = {}
+    for r in results:
+        if r.status == "ok" and r.tokens.get("image", -1) >= 0:
+            key = (r.spec.model, r.spec.batch_size, r.spec.precision)
+            groups.setdefault(key, []).append(r)
+    fits = []
+    for (model, batch, precision), cases in groups.items():
+        n = [r.tokens["image"] + r.tokens["text"] for r in cases]
+        if len(set(n)) < 3:
+            continue
+        stages = {}
+        for name in [s.name for s in cases[0].stages if s.timing is not None]:
+            times = [_stage_ms(r, name) for r in cases]
+            if None not in times:
+                stages[name] = fit_quadratic(n, times)
+        fits.append(ScalingFit(model, batch, precision, tuple(sorted(set(n))), stages))
+    return fits
+
+
+def _stage_ms(result: CaseResult, name: str) -> float | None:
+    for stage in result.stages:
+        if stage.name == name and stage.timing is not None:
+            return stage.timing.median_ms
+    return None
+
+
+def scaling_table(fits: Sequence[ScalingFit]) -> str:
+    """The fitted terms per stage, with the quadratic term's share of the time at the largest n:
+    whether attention's n^2 already shows at the sizes measured."""
+    lines = []
+    for fit in fits:
+        lines.append(f"scaling fit: {fit.model} b{fit.batch_size} {fit.precision}, time ~ a + b*n "
+                     f"+ c*n^2, n = image+text tokens {', '.join(map(str, fit.n))}")
+        lines.append(f"{'stage':<24} {'a ms':>9} {'b ms/token':>11} {'c ms/token^2':>13} "
+                     f"{'quad share':>10} {'r2':>6}")
+        for name, q in fit.stages.items():
+            share = q.shares_at(q.n_max)["quadratic"]
+            lines.append(f"{name:<24} {q.a:>9.3f} {q.b:>11.3e} {q.c:>13.3e} {share:>10.1%} "
+                         f"{q.r2:>6.3f}")
+    return "\n".join(lines)

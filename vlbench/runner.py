@@ -14,8 +14,8 @@ import ctypes
 import gc
 import time
 import traceback
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -200,24 +200,62 @@ def _fusion_name(preset: object) -> str:
     return fusion_spec_for_config(preset.fusion).name
 
 
+def _oom_key(spec: CaseSpec) -> tuple:
+    """Cases that differ only in batch size: one model at one input, precision and device."""
+    return (spec.model, tuple(spec.image_size), spec.text_len, spec.precision, spec.device)
+
+
+@dataclass
+class OomCutoff:
+    """Once a batch size is out of memory, a larger one of the same model and input would be too:
+    skip it rather than spend a worker start and an allocation failure on it. Cases are drawn
+    lazily through ``cases`` and every result is reported to ``note``, so the rule holds for the
+    in-process and the worker path alike."""
+
+    #: smallest batch size that ran out of memory, per ``_oom_key``
+    limits: dict[tuple, int] = field(default_factory=dict)
+    skipped: list[CaseSpec] = field(default_factory=list)
+
+    def note(self, result: CaseResult) -> None:
+        if result.status == "oom":
+            key = _oom_key(result.spec)
+            self.limits[key] = min(self.limits.get(key, result.spec.batch_size),
+                                   result.spec.batch_size)
+
+    def cases(self, specs: Iterable[CaseSpec]) -> Iterator[CaseSpec]:
+        for spec in specs:
+            limit = self.limits.get(_oom_key(spec))
+            if limit is not None and spec.batch_size > limit:
+                self.skipped.append(spec)
+                continue
+            yield spec
+
+
 def run_cases(
     cases: Iterable[CaseSpec],
     options: CaseOptions,
     on_result: Callable[[CaseResult], None],
     before: Callable[[CaseSpec], None] | None = None,
 ) -> list[CaseResult]:
-    """Run cases in order, handing each result to ``on_result`` (the store) as it finishes."""
+    """Run cases in order, handing each result to ``on_result`` (the store) as it finishes.
+    Larger batch sizes of a model are skipped after an ``oom`` (``OomCutoff``)."""
+    cutoff = OomCutoff()
+
+    def noted(result: CaseResult) -> None:
+        cutoff.note(result)
+        on_result(result)
+
     if options.isolated:
         from .worker import run_isolated
 
-        return run_isolated(cases, options, on_result, before=before)
+        return run_isolated(cutoff.cases(cases), options, noted, before=before)
     apply_threads(options.threads)
     results = []
-    for spec in cases:
+    for spec in cutoff.cases(cases):
         if before is not None:
             before(spec)
         result = run_case(spec, options)
-        on_result(result)
+        noted(result)
         results.append(result)
     return results
 

@@ -2,7 +2,11 @@
 
 Built-in suites ship as package data of ``benchmarks`` and are read with ``importlib.resources``,
 so they are found from a non-editable install too. A suite entry is a preset name, or a mapping
-``{model: NAME, image_size: HxW, text_len: N}`` that overrides the canonical input.
+``{model: NAME, image_size: HxW, text_len: N}`` that overrides the canonical input, or a mapping
+with ``sweep: {image_size: [...]}`` (or ``text_len``) that stands for one entry per value: one
+input varied at a time, so that ``vlbench.fit`` can attribute the time change to token count.
+``batch_sizes`` is a list, or ``{double_from: N, max: M}`` for N, 2N, 4N ... up to M; a run stops
+a model's larger batch sizes once one is out of memory (``vlbench.runner.OomCutoff``).
 """
 
 from __future__ import annotations
@@ -123,13 +127,12 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
     if unknown:
         raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     try:
-        models = tuple(_entry(item) for item in _list(data, "models", []))
+        models = tuple(e for item in _list(data, "models", []) for e in _entries(item))
         if not models:
             raise ValueError("'models' must be a non-empty list")
         for entry in models:
             resolve_preset(entry.model)
-        batches = parse_int_list(",".join(map(str, _list(data, "batch_sizes", [1]))),
-                                 "batch_sizes")
+        batches = _batch_sizes(data.get("batch_sizes"))
         precisions = tuple(_list(data, "precisions", ["fp32"]))
         for p in precisions:
             check_precision(p)
@@ -159,6 +162,48 @@ def _list(data: dict, key: str, default: list) -> list:
     return value
 
 
+def _batch_sizes(value: Any) -> tuple[int, ...]:
+    """A list of batch sizes, or ``{double_from: N, max: M}``: a throughput sweep written once
+    instead of a list that must be edited at both ends."""
+    if isinstance(value, dict):
+        if set(value) != {"double_from", "max"}:
+            raise ValueError("'batch_sizes' as a mapping is {double_from: N, max: M}, "
+                             f"got keys {', '.join(sorted(map(str, value)))}")
+        start, cap = value["double_from"], value["max"]
+        if not all(_positive_int(v) for v in (start, cap)) or cap < start:
+            raise ValueError("'batch_sizes' double_from and max must be positive integers with "
+                             f"max >= double_from, got {start!r} and {cap!r}")
+        sizes = [start]
+        while sizes[-1] * 2 <= cap:
+            sizes.append(sizes[-1] * 2)
+        return tuple(sizes)
+    return parse_int_list(",".join(map(str, _list({"batch_sizes": value}, "batch_sizes", [1]))),
+                          "batch_sizes")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _entries(item: Any) -> list[ModelEntry]:
+    """One entry, or one per value of a ``sweep`` (the other input stays as written)."""
+    if not (isinstance(item, dict) and "sweep" in item):
+        return [_entry(item)]
+    sweep = item["sweep"]
+    if not isinstance(sweep, dict) or len(sweep) != 1 or next(iter(sweep)) not in (
+        "image_size", "text_len"
+    ):
+        raise ValueError("'sweep' is a mapping with one key, image_size or text_len, and a "
+                         f"list of values; got {sweep!r}")
+    key, values = next(iter(sweep.items()))
+    if key in item:
+        raise ValueError(f"a model entry cannot both set and sweep {key}")
+    if not isinstance(values, list) or len(values) < 2:
+        raise ValueError(f"'sweep' {key} must be a list of at least two values, got {values!r}")
+    rest = {k: v for k, v in item.items() if k != "sweep"}
+    return [_entry({**rest, key: value}) for value in values]
+
+
 def _entry(item: Any) -> ModelEntry:
     if isinstance(item, str):
         return ModelEntry(item)
@@ -168,9 +213,7 @@ def _entry(item: Any) -> ModelEntry:
             raise ValueError(f"unknown model entry key(s) {', '.join(sorted(map(str, extra)))}")
         size = item.get("image_size")
         text_len = item.get("text_len")
-        if text_len is not None and (
-            not isinstance(text_len, int) or isinstance(text_len, bool) or text_len <= 0
-        ):
+        if text_len is not None and not _positive_int(text_len):
             raise ValueError(f"text_len must be a positive integer, got {text_len!r}")
         return ModelEntry(
             str(item["model"]), parse_image_size(size) if size is not None else None, text_len

@@ -18,11 +18,15 @@ def results_table(results: Sequence[CaseResult]) -> str:
     """One row per case: end-to-end, the stage sum, the top-level stages, FLOPs, memory."""
     header = (f"{'model':<26} {'b':>3} {'input':>13} {'tokens':>8} {'e2e ms':>9} {'cv':>6} "
               f"{'sum ms':>9} {'visual':>8} {'text':>7} {'fusion':>8} {'GFLOPs':>8} "
-              f"{'params M':>9} {'peak MB':>8}")
+              f"{'params M':>9} {'peak MB':>8} {'samples/s':>9}")
     lines = [header, "-" * len(header)]
+    stops = []
     for r in results:
         s = r.spec
         size = f"{s.image_size[0]}x{s.image_size[1]}+{s.text_len}"
+        if r.status == "oom":
+            stops.append(f"{s.model} {size}: stopped at batch {s.batch_size}: oom; "
+                         "larger batch sizes not run")
         if r.status != "ok" or r.end_to_end is None:
             lines.append(f"{s.model:<26} {s.batch_size:>3} {size:>13}  {r.status.upper()}: "
                          f"{r.message}")
@@ -38,9 +42,16 @@ def results_table(results: Sequence[CaseResult]) -> str:
             f"{_ms(r.end_to_end.median_ms):>8}{unstable} {r.end_to_end.cv:>6.1%} "
             f"{_ms(r.stage_sum_ms):>8}{flag} {_ms(top.get('visual')):>8} "
             f"{_ms(top.get('text')):>7} {_ms(top.get('fusion')):>8} "
-            f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8}"
+            f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8} "
+            f"{samples_per_s(r):>9.1f}"
         )
     lines.append("")
     lines.append("medians of the timed iterations; e2e without hooks, stages with hooks; "
                  f"* unstable (cv > 10%); ! stage sum off end-to-end by > {STAGE_GAP_LIMIT:.0%}")
+    lines.extend(stops)
     return "\n".join(lines)
+
+
+def samples_per_s(result: CaseResult) -> float:
+    """Throughput: image-text pairs per second at the end-to-end median."""
+    return result.spec.batch_size / (result.end_to_end.median_ms / 1000)
