@@ -58,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--batch-sizes", help="comma-separated, e.g. 1,8 (default: the suite's)")
     p.add_argument("--precisions", help="comma-separated: fp32, tf32, bf16, fp16")
+    p.add_argument("--modes", help="comma-separated execution modes: eager, compile "
+                   "(torch.compile, timed end to end only), cudagraphs (GPU only)")
+    p.add_argument("--compile-backend", help="torch.compile backend for compile cases "
+                   "(default inductor; aot_eager compiles in seconds)")
+    p.add_argument("--trace", metavar="DIR",
+                   help="write a torch.profiler chrome trace of one forward per case into DIR")
     p.add_argument("--image-size", help="HxW for every model (default: each canonical input)")
     p.add_argument("--text-len", type=int, help="text tokens (default: each canonical input)")
     p.add_argument("--warmup", type=int, help="warm-up forwards per case")
@@ -232,6 +238,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for p in precisions:
             _parse(check_precision, p)
         changes["precisions"] = precisions
+    if args.modes:
+        from .suites import parse_modes
+
+        changes["modes"] = _parse(parse_modes, args.modes.split(","))
     suite = type(suite)(**{**suite.__dict__, **changes})
 
     timing = dict(suite.timing)
@@ -255,7 +265,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = CaseOptions(timing=timing_options, head=args.head,
                           seed=0 if args.seed is None else args.seed,
                           threads=torch.get_num_threads(), isolated=isolated,
-                          memory_budget=choose_memory_budget(isolated, device, args.memory_budget))
+                          memory_budget=choose_memory_budget(isolated, device, args.memory_budget),
+                          compile_backend=args.compile_backend or None,
+                          trace_dir=str(Path(args.trace).resolve()) if args.trace else None)
     cases = suite.cases(device)
 
     argv = args.argv
@@ -284,7 +296,7 @@ def _device(name: str) -> str:
 _FRESH_RUN_FLAGS = ("suite", "models", "compose", "size", "device", "batch_sizes", "precisions",
                     "image_size", "text_len", "warmup", "repeats", "min_time", "max_repeats",
                     "max_time", "threads", "head", "seed", "label", "memory_budget",
-                    "no_isolation")
+                    "no_isolation", "modes", "compile_backend", "trace")
 
 
 def _resume_run(args: argparse.Namespace) -> int:

@@ -45,6 +45,11 @@ text_len           int         text length in tokens
 tokens             object      tokens per modality, e.g. {"text": 40, "image": 241}
 precision          str         numeric precision (fp32, fp16, bf16, ...)
 device             str         device the case ran on (cpu, cuda, ...)
+mode               str         execution mode: eager, compile (torch.compile) or cudagraphs;
+                               compiled and captured cases are timed end to end only (their
+                               stages carry FLOPs and parameters, no timing)
+threads            int|null    torch CPU threads the case set (a thread sweep); null: the run's
+                               setting (``settings.threads`` records the count in force)
 status             str         ok, oom or error
 message            str         why a case is not ok; empty when ok
 end_to_end         timing|null end-to-end latency of one forward; null when not ok
@@ -54,7 +59,11 @@ flops_total        int         FLOPs of one forward (one multiply-add = 2 FLOPs)
 params_total       int         parameter count
 peak_mem_bytes     int|null    peak memory of the case: the CUDA allocator's peak on GPU, the
                                resident-set high-water mark (VmHWM) of the process on CPU
-settings           object      per-case settings (precision flags, threads, seeds)
+settings           object      per-case settings (precision flags, threads, seeds,
+                               flush_denormal, peak_flops: the matmul FLOP/s measured at the
+                               case's precision; compile cases: compile_s, the first compiled
+                               forward's seconds, stages_timed false, graph_breaks; trace: the
+                               chrome trace's path under --trace)
 wall_s             float       wall time spent on the case, model build included
 =================  ==========  ================================================================
 
@@ -93,6 +102,9 @@ peak_mem_bytes     int|null    GPU allocator peak while the stage ran
 host_sync          bool        the stage synchronises with the host by design (NMS, selection)
 workload           object      data-dependent work the stage did in one forward, e.g.
                                {"boxes_in_nms": 480000, "boxes_kept_nms": 5123}; {} if none
+achieved_flops/s   float|null  (key ``achieved_flops_per_s``) flops / median seconds; null
+                               when the stage was not timed or did no FLOPs
+peak_share         float|null  achieved FLOP/s / ``settings.peak_flops``
 samples_ms         list[float] every timed repetition, in order
 =================  ==========  ================================================================
 
@@ -129,6 +141,8 @@ _CASE_COLUMNS = (
     "text_len",
     "precision",
     "device",
+    "mode",
+    "threads",
     "status",
     "message",
 )
@@ -141,6 +155,8 @@ _STAGE_COLUMNS = (
     "flops",
     "params",
     "peak_mem_bytes",
+    "achieved_flops_per_s",
+    "peak_share",
 )
 #: Columns of the CSV and the DataFrame, in order.
 CSV_COLUMNS = (*_CASE_COLUMNS, "stage", *_STAGE_COLUMNS)
@@ -185,6 +201,8 @@ def case_row(result: CaseResult) -> dict[str, Any]:
             "host_sync": stage.host_sync,
             "workload": dict(stage.workload),
             "samples_ms": list(stage.samples_ms),
+            "achieved_flops_per_s": stage.achieved_flops_per_s,
+            "peak_share": stage.peak_share,
         }
     ok = result.status == "ok" and result.end_to_end is not None
     return {
@@ -198,6 +216,8 @@ def case_row(result: CaseResult) -> dict[str, Any]:
         "tokens": dict(result.tokens),
         "precision": spec.precision,
         "device": spec.device,
+        "mode": spec.mode,
+        "threads": spec.threads,
         "status": result.status,
         "message": result.message,
         "end_to_end": _timing(result.end_to_end, result.end_to_end_samples_ms) if ok else None,
@@ -251,6 +271,8 @@ def _flat_rows(export: dict[str, Any]) -> list[dict[str, Any]]:
                 "text_len": case["text_len"],
                 "precision": case["precision"],
                 "device": case["device"],
+                "mode": case.get("mode", "eager"),
+                "threads": case.get("threads"),
                 "status": case["status"],
                 "message": case["message"],
             }
@@ -266,6 +288,8 @@ def _flat_rows(export: dict[str, Any]) -> list[dict[str, Any]]:
                     "flops": case["flops_total"],
                     "params": case["params_total"],
                     "peak_mem_bytes": case["peak_mem_bytes"],
+                    "achieved_flops_per_s": None,
+                    "peak_share": None,
                 }
             )
             for name, stage in case["stages"].items():
@@ -273,7 +297,7 @@ def _flat_rows(export: dict[str, Any]) -> list[dict[str, Any]]:
                     {
                         **common,
                         "stage": name,
-                        **{col: stage[col] for col in _STAGE_COLUMNS},
+                        **{col: stage.get(col) for col in _STAGE_COLUMNS},
                     }
                 )
     return rows

@@ -15,6 +15,8 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 STATUSES = ("ok", "oom", "error")
+#: execution modes a case can ask for (``CaseSpec.mode``)
+MODES = ("eager", "compile", "cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class StageResult:
     samples_ms: tuple[float, ...] = ()
     host_sync: bool = False  # the stage synchronises with the host by design (NMS, selection)
     workload: dict[str, int] = field(default_factory=dict)  # data-dependent work it did
+    #: flops / median seconds; None when the stage was not timed (compiled cases) or did no FLOPs
+    achieved_flops_per_s: float | None = None
+    #: achieved FLOP/s over the run's measured matmul peak at the case's precision
+    peak_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,11 @@ class CaseSpec:
     text_len: int
     precision: str
     device: str
+    #: execution mode: "eager", "compile" (torch.compile, timed end to end only) or
+    #: "cudagraphs" (CUDA graph replay, GPU only, timed end to end only)
+    mode: str = "eager"
+    #: torch intra-op threads for this case; None: the run's setting
+    threads: int | None = None
 
 
 @dataclass(frozen=True)

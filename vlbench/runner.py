@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,12 +25,13 @@ import torch
 from architectures import build_model, resolve_preset
 from feature_extractors import spec_for_config
 
+from .calibrate import matmul_peak_flops
 from .flops import count_flops, count_params
 from .memory import peak_bytes, reset_peak
 from .precision import apply_precision, autocast
-from .results import CaseResult, CaseSpec, StageResult
+from .results import MODES, CaseResult, CaseSpec, StageResult
 from .stats import summarize
-from .timing import StageMemory, TimingOptions, measure
+from .timing import MIN_SAMPLES, StageMemory, TimingOptions, measure, time_end_to_end
 
 #: a gap between the stage sum and end-to-end above this share is flagged in reports
 STAGE_GAP_LIMIT = 0.05
@@ -36,6 +39,15 @@ STAGE_GAP_LIMIT = 0.05
 
 class DeviceError(ValueError):
     """The requested device is not usable here."""
+
+
+class UnsupportedCase(ValueError):  # noqa: N818 - a case's verdict, recorded as its message
+    """A case that cannot run as asked (CUDA graphs on a CPU); its message is recorded as is."""
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
 
 
 def resolve_device(name: str) -> str:
@@ -66,12 +78,17 @@ class CaseOptions:
     isolated: bool = False
     #: bytes of private memory a CPU worker may hold (RLIMIT_DATA); None: no limit
     memory_budget: int | None = None
+    #: torch.compile backend for "compile" cases; None: torch's default (inductor)
+    compile_backend: str | None = None
+    #: write one torch.profiler chrome trace per case into this directory
+    trace_dir: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """The run-settings entries that ``from_settings`` reads back."""
         return {"timing": dict(self.timing.__dict__), "head": self.head, "seed": self.seed,
                 "threads": self.threads, "isolation": "process" if self.isolated else "none",
-                "memory_budget_bytes": self.memory_budget}
+                "memory_budget_bytes": self.memory_budget,
+                "compile_backend": self.compile_backend, "trace_dir": self.trace_dir}
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> CaseOptions:
@@ -79,7 +96,9 @@ class CaseOptions:
         return cls(timing=TimingOptions(**settings["timing"]), head=bool(settings["head"]),
                    seed=int(settings["seed"]), threads=settings.get("threads"),
                    isolated=settings.get("isolation", "none") == "process",
-                   memory_budget=settings.get("memory_budget_bytes"))
+                   memory_budget=settings.get("memory_budget_bytes"),
+                   compile_backend=settings.get("compile_backend"),
+                   trace_dir=settings.get("trace_dir"))
 
 
 def apply_threads(threads: int | None) -> None:
@@ -91,8 +110,12 @@ def apply_threads(threads: int | None) -> None:
 def run_case(spec: CaseSpec, options: CaseOptions = CaseOptions()) -> CaseResult:
     """Measure one case; never raises for a failure of the case itself."""
     began = time.perf_counter()
+    run_threads = torch.get_num_threads()
     try:
+        apply_threads(spec.threads)  # a thread sweep's case; restored for the next case below
         result = _measure_case(spec, options)
+    except UnsupportedCase as exc:
+        result = CaseResult(spec=spec, status="error", message=str(exc))
     except Exception as exc:  # noqa: BLE001 - a case's failure is data, not a crash
         status = "oom" if is_out_of_memory(exc) else "error"
         message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
@@ -101,6 +124,8 @@ def run_case(spec: CaseSpec, options: CaseOptions = CaseOptions()) -> CaseResult
         del exc  # drop the frames that hold tensors before freeing memory
         result = CaseResult(spec=spec, status=status, message=message)
     finally:
+        if torch.get_num_threads() != run_threads:
+            torch.set_num_threads(run_threads)
         release_memory()
     return CaseResult(**{**result.__dict__, "wall_s": round(time.perf_counter() - began, 3)})
 
@@ -128,11 +153,17 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
-    preset = resolve_preset(spec.model)
+    check_mode(spec.mode)
     device = torch.device(spec.device)
+    if spec.mode == "cudagraphs" and device.type != "cuda":
+        raise UnsupportedCase("CUDA graphs need a GPU")
+    preset = resolve_preset(spec.model)
+    peak_flops = peak_flops_for(device, spec.precision)  # before the case's flags: it sets them
     settings = apply_precision(spec.precision)
     settings.update(seed=options.seed, head=options.head, threads=torch.get_num_threads(),
-                    timing=options.timing.__dict__, flop_convention="2 per multiply-add")
+                    flush_denormal=flushes_denormals(), mode=spec.mode,
+                    timing=options.timing.__dict__, flop_convention="2 per multiply-add",
+                    peak_flops=peak_flops)
     torch.manual_seed(options.seed)
     model = build_model(preset, head=options.head).to(device).eval()
     inputs = model.example_inputs(spec.batch_size, spec.image_size, spec.text_len,
@@ -147,35 +178,59 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
 
     stages = model.stages()
     names = [s.name for s in stages]
+    if spec.mode == "cudagraphs":
+        synced = [s.name for s in stages if s.host_sync]
+        if synced:
+            raise UnsupportedCase("CUDA graphs cannot capture data-dependent stages "
+                                  f"({', '.join(synced)})")
     params_total, params = count_params(model, names)
-    flops_total, flops = count_flops(model, forward, names)  # doubles as the first warm-up
+    # FLOPs always on the eager model (doubles as its first warm-up)
+    flops_total, flops = count_flops(model, forward, names)
 
     reset_peak(device)
-    measured = measure(forward, model, names, device, options.timing)
+    if spec.mode == "eager":
+        timed = forward
+        measured = measure(forward, model, names, device, options.timing)
+        stages_ms, calls = measured.stages_ms, measured.calls
+        end_to_end_ms = measured.end_to_end_ms
+        settings["iterations"] = (
+            "shared: end-to-end around the hooked forward (slow CPU case)" if measured.shared
+            else "interleaved: end-to-end in separate iterations without hooks")
+    else:
+        # never hook a compiled or captured model: it is timed end to end only
+        timed, cold_s, extra = _prepare_compiled(spec.mode, model, inputs, forward, device,
+                                                 spec.precision, options.compile_backend)
+        settings.update(compile_s=round(cold_s, 4), stages_timed=False, **extra)
+        end_to_end_ms = measure_end_to_end(timed, device, options.timing)
+        stages_ms, calls = {}, {}
+        settings["iterations"] = f"end to end only ({spec.mode}): stages not timed"
     peak = peak_bytes(device)
-    settings["iterations"] = (
-        "shared: end-to-end around the hooked forward (slow CPU case)" if measured.shared
-        else "interleaved: end-to-end in separate iterations without hooks")
     stage_peaks: dict[str, int] = {}
-    if device.type == "cuda":
+    if device.type == "cuda" and spec.mode == "eager":
         with StageMemory(model, names, device) as tracker:
             forward()
         stage_peaks = tracker.peaks
+    if options.trace_dir:
+        settings["trace"] = write_trace(spec, timed, device, options.trace_dir)
 
     workload = {name: dict(getattr(model.get_submodule(name), "last_workload", None) or {})
                 for name in names}
-    stage_results = tuple(
-        StageResult(
+    stage_results = []
+    for s in stages:
+        timing = summarize(stages_ms[s.name]) if s.name in stages_ms else None
+        achieved = (flops[s.name] / (timing.median_ms / 1e3)
+                    if timing is not None and timing.median_ms > 0 and flops[s.name] else None)
+        stage_results.append(StageResult(
             name=s.name, kind=s.kind, parent=s.parent,
-            timing=summarize(measured.stages_ms[s.name]),
-            calls=measured.calls[s.name], flops=flops[s.name], params=params[s.name],
+            timing=timing,
+            calls=calls.get(s.name, 1), flops=flops[s.name], params=params[s.name],
             peak_mem_bytes=stage_peaks.get(s.name),
-            samples_ms=tuple(round(v, 4) for v in measured.stages_ms[s.name]),
+            samples_ms=tuple(round(v, 4) for v in stages_ms.get(s.name, ())),
             host_sync=s.host_sync,
             workload=workload[s.name],
-        )
-        for s in stages
-    )
+            achieved_flops_per_s=achieved,
+            peak_share=achieved / peak_flops if achieved is not None and peak_flops else None,
+        ))
     top = [r for r in stage_results if r.parent is None]
     return CaseResult(
         spec=spec,
@@ -183,15 +238,134 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
         embedder=spec_for_config(preset.visual).name,
         fusion=_fusion_name(preset),
         tokens=model.num_tokens(spec.image_size, spec.text_len),
-        end_to_end=summarize(measured.end_to_end_ms),
-        end_to_end_samples_ms=tuple(round(v, 4) for v in measured.end_to_end_ms),
-        stage_sum_ms=sum(r.timing.median_ms for r in top if r.timing),
-        stages=stage_results,
+        end_to_end=summarize(end_to_end_ms),
+        end_to_end_samples_ms=tuple(round(v, 4) for v in end_to_end_ms),
+        stage_sum_ms=(sum(r.timing.median_ms for r in top if r.timing)
+                      if spec.mode == "eager" else None),
+        stages=tuple(stage_results),
         flops_total=flops_total,
         params_total=params_total,
         peak_mem_bytes=peak,
         settings=settings,
     )
+
+
+def flushes_denormals() -> bool:
+    """Whether the CPU flushes denormal floats to zero now (torch has a setter,
+    ``torch.set_flush_denormal``, which vlbench never calls, but no getter): probed with one
+    float32 denormal product."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    return bool((tiny * 1.0).item() == 0.0)
+
+
+#: measured matmul peak per (device, precision, threads), once per process (worker)
+_PEAKS: dict[tuple[str, str, int], float | None] = {}
+
+
+def peak_flops_for(device: torch.device, precision: str) -> float | None:
+    """The device's matmul FLOP/s at ``precision`` (``vlbench.calibrate``), measured once per
+    process and thread count; None where the product cannot run at that precision here."""
+    key = (str(device), precision, torch.get_num_threads())
+    if key not in _PEAKS:
+        try:
+            _PEAKS[key] = matmul_peak_flops(device, precision)
+        except RuntimeError:  # e.g. a dtype without a matmul kernel on this device
+            _PEAKS[key] = None
+    return _PEAKS[key]
+
+
+def _prepare_compiled(mode: str, model: torch.nn.Module, inputs: tuple, forward: Callable,
+                      device: torch.device, precision: str, backend: str | None,
+                      ) -> tuple[Callable[[], object], float, dict[str, Any]]:
+    """The forward to time for a compiled or captured case, the cold-start seconds (the first
+    compiled forward, or warm-up plus capture) and what to record about it."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if mode == "compile":
+        import torch._dynamo
+
+        torch._dynamo.reset()  # every case pays its own compile: the cold start is recorded
+        torch._dynamo.utils.counters.clear()
+        compiled = torch.compile(model, backend=backend) if backend else torch.compile(model)
+
+        def timed() -> object:
+            with torch.inference_mode(), autocast(precision, device.type):
+                return compiled(*inputs)
+
+        began = time.perf_counter()
+        timed()
+        sync()
+        cold = time.perf_counter() - began
+        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+        return timed, cold, {"compile_backend": backend or "inductor", "graph_breaks": breaks}
+    # cudagraphs: warm up on a side stream, capture one forward, time its replay; autocast's
+    # weight-cast cache stays off meanwhile, as torch's CUDA-graph notes ask
+    began = time.perf_counter()
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                forward()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            forward()
+        sync()
+    finally:
+        torch.set_autocast_cache_enabled(cache)
+    return graph.replay, time.perf_counter() - began, {}
+
+
+def measure_end_to_end(forward: Callable[[], object], device: torch.device,
+                       options: TimingOptions) -> list[float]:
+    """End-to-end samples only (compiled and captured cases), with the stopping rules of
+    ``vlbench.timing.measure``."""
+    for _ in range(options.warmup):
+        time_end_to_end(forward, device)
+    samples: list[float] = []
+    began = time.perf_counter()
+    while True:
+        samples.append(time_end_to_end(forward, device))
+        n, elapsed = len(samples), time.perf_counter() - began
+        if n >= options.max_repeats or (n >= options.min_repeats and elapsed >= options.min_time_s):
+            return samples
+        if n >= min(MIN_SAMPLES, options.min_repeats) and elapsed >= options.max_time_s:
+            return samples
+
+
+def trace_path(spec: CaseSpec, directory: str | Path) -> Path:
+    """DIR/<case identity with anything but letters, digits, '.', '-' and '_' replaced by
+    '_'>.json; the identity is the store's case key, with the mode (when not eager) and the
+    thread count (when the case sets one) appended."""
+    height, width = spec.image_size
+    key = (f"{spec.model}|{spec.batch_size}|{height}x{width}|{spec.text_len}"
+           f"|{spec.precision}|{spec.device}")
+    key += f"|{spec.mode}" if spec.mode != "eager" else ""
+    key += f"|t{spec.threads}" if spec.threads is not None else ""
+    return Path(directory) / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".json")
+
+
+def write_trace(spec: CaseSpec, forward: Callable[[], object], device: torch.device,
+                directory: str) -> str:
+    """One profiled forward after the timing, as a chrome trace; returns its path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    path = trace_path(spec, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities) as prof:
+        forward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(str(path))
+    return str(path)
 
 
 def _fusion_name(preset: object) -> str:
@@ -201,8 +375,10 @@ def _fusion_name(preset: object) -> str:
 
 
 def _oom_key(spec: CaseSpec) -> tuple:
-    """Cases that differ only in batch size: one model at one input, precision and device."""
-    return (spec.model, tuple(spec.image_size), spec.text_len, spec.precision, spec.device)
+    """Cases that differ only in batch size: one model at one input, precision, device, mode
+    and thread count."""
+    return (spec.model, tuple(spec.image_size), spec.text_len, spec.precision, spec.device,
+            spec.mode, spec.threads)
 
 
 @dataclass

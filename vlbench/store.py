@@ -22,11 +22,12 @@ table saying ``app = 'vlbench'``) raises :class:`NotAStoreError` and is never wr
 inspected through a read-only connection before anything opens it for writing. A zero-byte file
 counts as new.
 
-Schema (``store_version`` 1)::
+Schema (``store_version`` 2)::
 
-    meta(key TEXT PRIMARY KEY, value TEXT)      -- app='vlbench', store_version='1'
+    meta(key TEXT PRIMARY KEY, value TEXT)      -- app='vlbench', store_version='2'
     runs(id, label, suite, status, started_at, finished_at, heartbeat_at,
-         host, pid, command, env_json, settings_json)
+         host, pid, command, env_json, settings_json,
+         vlbench_version)                         -- since 2; NULL for runs migrated from 1
     cases(id, run_id -> runs.id, case_key, attempt, model, status, message,
           result_json, created_at)                -- index on (run_id, case_key)
 
@@ -34,6 +35,23 @@ Schema (``store_version`` 1)::
 ISO 8601. ``cases.result_json`` holds ``CaseResult.to_dict()``; values JSON cannot encode are
 stored as their ``str()`` rather than losing a measured case. A case measured again in the same run
 (a resume, a retry) gets the next ``attempt`` number; readers take the last attempt.
+
+Schema versions and migrations
+------------------------------
+``meta.store_version`` says which schema the file has. A new store is created at
+``STORE_VERSION``. An older store is upgraded when it is opened: ``MIGRATIONS[n]`` turns version
+``n`` into ``n + 1``; all the steps it needs run in order inside ONE ``BEGIN IMMEDIATE``
+transaction that also sets the new ``store_version``, so a crash or an error half way leaves the
+file exactly as it was (still the old version, readable by the old vlbench). Two processes opening
+the same old store migrate it once: the version is re-read under the write lock. A store written by
+a newer vlbench (``store_version`` above ``STORE_VERSION``) is refused with
+:class:`NotAStoreError` before anything opens it for writing. History:
+
+1. the first schema;
+2. ``runs.vlbench_version``: the version of the vlbench that started the run.
+
+To change the schema: bump ``STORE_VERSION``, update ``_SCHEMA`` (the schema of a new store) and
+add ``MIGRATIONS[STORE_VERSION - 1]``; a test checks that a migrated store matches a new one.
 
 A run recorded as ``running`` whose process is gone (same host, pid not alive) or whose heartbeat
 is older than ``STALE_AFTER_S`` is reported as ``interrupted`` by :meth:`Store.get_run`. Writers
@@ -48,7 +66,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -56,11 +74,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from vlbench import __version__
 from vlbench.results import CaseResult, CaseSpec
 
 DEFAULT_DB_ENV = "VLBENCH_DB"
 APP_NAME = "vlbench"
-STORE_VERSION = 1
+STORE_VERSION = 2
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
 #: A 'running' run whose heartbeat is older than this is reported as interrupted.
 STALE_AFTER_S = 600.0
@@ -82,7 +101,8 @@ _SCHEMA = (
         pid INTEGER,
         command TEXT,
         env_json TEXT,
-        settings_json TEXT
+        settings_json TEXT,
+        vlbench_version TEXT
     )""",
     """CREATE TABLE IF NOT EXISTS cases (
         id INTEGER PRIMARY KEY,
@@ -97,6 +117,36 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS cases_run_key ON cases (run_id, case_key)",
 )
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Record which vlbench version started each run (unknown, NULL, for older runs)."""
+    conn.execute("ALTER TABLE runs ADD COLUMN vlbench_version TEXT")
+
+
+#: ``MIGRATIONS[n]`` upgrades a store from version ``n`` to ``n + 1``, inside the caller's
+#: transaction; it must not commit. See "Schema versions and migrations" above.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1_to_2,
+}
+
+
+def _newer_message(path: Path, version: int) -> str:
+    return (
+        f"{path} was written by a newer vlbench (store version {version} > {STORE_VERSION});"
+        " upgrade vlbench"
+    )
+
+
+def _parse_version(path: Path, value: object) -> int:
+    """The store_version as an int; NotAStoreError when it is missing, garbled or newer."""
+    text = str(value) if value is not None else ""
+    if not text.isdigit() or int(text) < 1:
+        raise NotAStoreError(f"{path} has an invalid store_version {value!r} (not a vlbench store)")
+    version = int(text)
+    if version > STORE_VERSION:
+        raise NotAStoreError(_newer_message(path, version))
+    return version
 
 
 class NotAStoreError(Exception):
@@ -130,6 +180,8 @@ class RunRecord:
     command: str
     env: dict[str, Any]
     settings: dict[str, Any]
+    #: The vlbench version that started the run; None for runs recorded before store version 2.
+    vlbench_version: str | None = None
 
 
 def default_db_path() -> Path:
@@ -144,12 +196,19 @@ def default_db_path() -> Path:
 
 
 def case_key(spec: CaseSpec) -> str:
-    """A stable identity for a case within a run, so a resume can tell what is already done."""
+    """A stable identity for a case within a run, so a resume can tell what is already done.
+    The execution mode and a per-case thread count join the key only when they are not the
+    defaults, so the keys of eager runs stay what they were."""
     height, width = spec.image_size
-    return (
+    key = (
         f"{spec.model}|{spec.batch_size}|{height}x{width}|{spec.text_len}"
         f"|{spec.precision}|{spec.device}"
     )
+    if getattr(spec, "mode", "eager") != "eager":
+        key += f"|{spec.mode}"
+    if getattr(spec, "threads", None) is not None:
+        key += f"|t{spec.threads}"
+    return key
 
 
 def _now() -> datetime:
@@ -255,11 +314,7 @@ def _inspect_existing(path: Path) -> bool:
         conn.close()
     if meta.get("app") != APP_NAME:
         raise NotAStoreError(f"{path} is an SQLite database of another application")
-    version = meta.get("store_version", "")
-    if not version.isdigit() or int(version) > STORE_VERSION:
-        raise NotAStoreError(
-            f"{path} has store_version {version!r}; this vlbench reads up to {STORE_VERSION}"
-        )
+    _parse_version(path, meta.get("store_version"))
     return True
 
 
@@ -282,7 +337,9 @@ class Store:
             self._conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA journal_mode = WAL")
-            if not is_store:
+            if is_store:
+                self._migrate()
+            else:
                 self._create_schema()
         except BaseException:
             self._conn.close()
@@ -339,6 +396,29 @@ class Store:
             app = conn.execute("SELECT value FROM meta WHERE key = 'app'").fetchone()
             if app is None or app[0] != APP_NAME:
                 raise NotAStoreError(f"{self.path} is an SQLite database of another application")
+            # Another (possibly older) vlbench may have created the store meanwhile.
+            self._apply_migrations(conn)
+
+    def _migrate(self) -> None:
+        """Bring an existing store up to ``STORE_VERSION`` (one transaction; see the docstring)."""
+        version = self._read("SELECT value FROM meta WHERE key = 'store_version'")
+        if version and _parse_version(self.path, version[0][0]) == STORE_VERSION:
+            return  # the common case: no write transaction at all
+        with self._write() as conn:
+            self._apply_migrations(conn)
+
+    def _apply_migrations(self, conn: sqlite3.Connection) -> None:
+        """Run the missing steps in the caller's write transaction and record the new version."""
+        row = conn.execute("SELECT value FROM meta WHERE key = 'store_version'").fetchone()
+        version = _parse_version(self.path, row[0] if row else None)
+        if version == STORE_VERSION:
+            return
+        for step in range(version, STORE_VERSION):
+            migrate = MIGRATIONS.get(step)
+            if migrate is None:
+                raise RuntimeError(f"vlbench has no migration from store version {step}")
+            migrate(conn)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'store_version'", (str(STORE_VERSION),))
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -371,8 +451,8 @@ class Store:
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO runs (label, suite, status, started_at, finished_at, heartbeat_at,"
-                " host, pid, command, env_json, settings_json)"
-                " VALUES (?, ?, 'running', ?, NULL, ?, ?, ?, ?, ?, ?)",
+                " host, pid, command, env_json, settings_json, vlbench_version)"
+                " VALUES (?, ?, 'running', ?, NULL, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     label,
                     suite,
@@ -383,6 +463,7 @@ class Store:
                     command,
                     _dumps(env),
                     _dumps(settings),
+                    __version__,
                 ),
             )
             run_id = cursor.lastrowid
@@ -470,14 +551,14 @@ class Store:
         """The run's record, with the effective status (see ``effective_status``)."""
         rows = self._read(
             "SELECT id, label, suite, status, started_at, finished_at, heartbeat_at, host, pid,"
-            " command, env_json, settings_json FROM runs WHERE id = ?",
+            " command, env_json, settings_json, vlbench_version FROM runs WHERE id = ?",
             (run_id,),
         )
         if not rows:
             with self._lock:
                 raise UnknownRunError(self._unknown_run_message(run_id))
         (rid, label, suite, status, started, finished, beat, host, pid, command, env, settings) = (
-            rows[0]
+            rows[0][:12]
         )
         return RunRecord(
             id=rid,
@@ -492,6 +573,7 @@ class Store:
             command=command,
             env=json.loads(env) if env else {},
             settings=json.loads(settings) if settings else {},
+            vlbench_version=rows[0][12],
         )
 
     # -- cases ------------------------------------------------------------------------------

@@ -7,10 +7,14 @@ with ``sweep: {image_size: [...]}`` (or ``text_len``) that stands for one entry 
 input varied at a time, so that ``vlbench.fit`` can attribute the time change to token count.
 ``batch_sizes`` is a list, or ``{double_from: N, max: M}`` for N, 2N, 4N ... up to M; a run stops
 a model's larger batch sizes once one is out of memory (``vlbench.runner.OomCutoff``).
+``modes`` lists execution modes (eager, compile, cudagraphs; default eager); ``threads`` is a
+list of CPU thread counts or ``all`` (1 up to the cores this process may use), one case each;
+without it every case uses the run's thread count.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,7 +25,7 @@ import yaml
 from architectures import resolve_preset
 
 from .precision import check_precision
-from .results import CaseSpec
+from .results import MODES, CaseSpec
 
 
 class SuiteError(ValueError):
@@ -43,6 +47,9 @@ class Suite:
     batch_sizes: tuple[int, ...] = (1,)
     precisions: tuple[str, ...] = ("fp32",)
     timing: dict[str, Any] = field(default_factory=dict)  # TimingOptions overrides
+    modes: tuple[str, ...] = ("eager",)
+    #: thread counts to sweep; (None,): the run's setting
+    threads: tuple[int | None, ...] = (None,)
 
     def cases(self, device: str) -> list[CaseSpec]:
         out = []
@@ -50,14 +57,18 @@ class Suite:
             preset = resolve_preset(entry.model)
             for batch in self.batch_sizes:
                 for precision in self.precisions:
-                    out.append(CaseSpec(
-                        model=entry.model,
-                        batch_size=batch,
-                        image_size=entry.image_size or preset.image_size,
-                        text_len=entry.text_len or preset.text_len,
-                        precision=precision,
-                        device=device,
-                    ))
+                    for mode in self.modes:
+                        for threads in self.threads:
+                            out.append(CaseSpec(
+                                model=entry.model,
+                                batch_size=batch,
+                                image_size=entry.image_size or preset.image_size,
+                                text_len=entry.text_len or preset.text_len,
+                                precision=precision,
+                                device=device,
+                                mode=mode,
+                                threads=threads,
+                            ))
         return out
 
 
@@ -123,7 +134,8 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         raise SuiteError(f"suite {source}: not valid YAML{where}") from None
     if not isinstance(data, dict):
         raise SuiteError(f"suite {source}: expected a mapping with a 'models' list")
-    unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing"}
+    unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing",
+                           "modes", "threads"}
     if unknown:
         raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     try:
@@ -136,6 +148,8 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         precisions = tuple(_list(data, "precisions", ["fp32"]))
         for p in precisions:
             check_precision(p)
+        modes = parse_modes(_list(data, "modes", ["eager"]))
+        threads = parse_threads(data.get("threads"))
         timing = data.get("timing") or {}
         if not isinstance(timing, dict):
             raise ValueError("'timing' must be a mapping")
@@ -148,7 +162,43 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         batch_sizes=batches,
         precisions=precisions,
         timing=timing,
+        modes=modes,
+        threads=threads,
     )
+
+
+def parse_modes(values: list) -> tuple[str, ...]:
+    """Execution modes, each one of ``vlbench.results.MODES``, no repeats."""
+    modes = tuple(str(v).strip() for v in values)
+    if not modes:
+        raise ValueError("'modes' must name at least one mode")
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if len(set(modes)) != len(modes):
+        raise ValueError(f"'modes' lists a mode twice: {', '.join(modes)}")
+    return modes
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def parse_threads(value: Any) -> tuple[int | None, ...]:
+    """``threads``: missing (the run's setting), ``all`` (1 .. usable cores) or a list of
+    positive integers."""
+    if value is None:
+        return (None,)
+    if value == "all":
+        return tuple(range(1, usable_cores() + 1))
+    if not isinstance(value, list) or not value or not all(_positive_int(v) for v in value):
+        raise ValueError("'threads' must be a list of positive integers (e.g. [1, 2]) or 'all', "
+                         f"got {value!r}")
+    return tuple(value)
 
 
 def _list(data: dict, key: str, default: list) -> list:

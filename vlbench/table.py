@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .results import CaseResult
+from .results import CaseResult, CaseSpec
 from .runner import STAGE_GAP_LIMIT, stage_gap
 
 
@@ -15,10 +15,12 @@ def _ms(value: float | None) -> str:
 
 
 def results_table(results: Sequence[CaseResult]) -> str:
-    """One row per case: end-to-end, the stage sum, the top-level stages, FLOPs, memory."""
-    header = (f"{'model':<26} {'b':>3} {'input':>13} {'tokens':>8} {'e2e ms':>9} {'cv':>6} "
-              f"{'sum ms':>9} {'visual':>8} {'text':>7} {'fusion':>8} {'GFLOPs':>8} "
-              f"{'params M':>9} {'peak MB':>8} {'samples/s':>9}")
+    """One row per case: end-to-end, the stage sum, the top-level stages, the fusion's achieved
+    GFLOP/s and share of the matmul peak, FLOPs, memory."""
+    header = (f"{'model':<26} {'b':>3} {'input':>13} {'how':<15} {'tokens':>8} {'e2e ms':>9} "
+              f"{'cv':>6} {'sum ms':>9} {'visual':>8} {'text':>7} {'fusion':>8} "
+              f"{'fus GF/s %pk':>12} {'GFLOPs':>8} {'params M':>9} {'peak MB':>8} "
+              f"{'samples/s':>9}")
     lines = [header, "-" * len(header)]
     stops = []
     for r in results:
@@ -27,9 +29,10 @@ def results_table(results: Sequence[CaseResult]) -> str:
         if r.status == "oom":
             stops.append(f"{s.model} {size}: stopped at batch {s.batch_size}: oom; "
                          "larger batch sizes not run")
+        how = case_how(s)
         if r.status != "ok" or r.end_to_end is None:
-            lines.append(f"{s.model:<26} {s.batch_size:>3} {size:>13}  {r.status.upper()}: "
-                         f"{r.message}")
+            lines.append(f"{s.model:<26} {s.batch_size:>3} {size:>13} {how:<15} "
+                         f"{r.status.upper()}: {r.message}")
             continue
         top = {st.name: st.timing.median_ms for st in r.stages if st.parent is None and st.timing}
         tokens = f"{r.tokens.get('image', '?')}+{r.tokens.get('text', '?')}"
@@ -38,16 +41,20 @@ def results_table(results: Sequence[CaseResult]) -> str:
         unstable = "*" if r.end_to_end.unstable else " "
         peak = f"{r.peak_mem_bytes / 2**20:.0f}" if r.peak_mem_bytes else "-"
         lines.append(
-            f"{s.model:<26} {s.batch_size:>3} {size:>13} {tokens:>8} "
+            f"{s.model:<26} {s.batch_size:>3} {size:>13} {how:<15} {tokens:>8} "
             f"{_ms(r.end_to_end.median_ms):>8}{unstable} {r.end_to_end.cv:>6.1%} "
             f"{_ms(r.stage_sum_ms):>8}{flag} {_ms(top.get('visual')):>8} "
             f"{_ms(top.get('text')):>7} {_ms(top.get('fusion')):>8} "
+            f"{_achieved(r, 'fusion'):>12} "
             f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8} "
             f"{samples_per_s(r):>9.1f}"
         )
     lines.append("")
     lines.append("medians of the timed iterations; e2e without hooks, stages with hooks; "
-                 f"* unstable (cv > 10%); ! stage sum off end-to-end by > {STAGE_GAP_LIMIT:.0%}")
+                 f"* unstable (cv > 10%); ! stage sum off end-to-end by > {STAGE_GAP_LIMIT:.0%}; "
+                 "how: precision, mode, threads (tN) when the case sets them; fus GF/s %pk: the "
+                 "fusion's achieved GFLOP/s and share of the run's matmul peak; compiled cases "
+                 "are timed end to end only")
     lines.extend(stops)
     return "\n".join(lines)
 
@@ -55,3 +62,21 @@ def results_table(results: Sequence[CaseResult]) -> str:
 def samples_per_s(result: CaseResult) -> float:
     """Throughput: image-text pairs per second at the end-to-end median."""
     return result.spec.batch_size / (result.end_to_end.median_ms / 1000)
+
+
+def case_how(spec: CaseSpec) -> str:
+    """'fp32', 'bf16 compile', 'fp32 t2': precision, mode when not eager, threads when set."""
+    parts = [spec.precision]
+    if spec.mode != "eager":
+        parts.append(spec.mode)
+    if spec.threads is not None:
+        parts.append(f"t{spec.threads}")
+    return " ".join(parts)
+
+
+def _achieved(result: CaseResult, name: str) -> str:
+    stage = next((st for st in result.stages if st.name == name), None)
+    if stage is None or stage.achieved_flops_per_s is None:
+        return "-"
+    share = f" {stage.peak_share:.0%}" if stage.peak_share is not None else ""
+    return f"{stage.achieved_flops_per_s / 1e9:.1f}{share}"
