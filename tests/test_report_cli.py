@@ -27,7 +27,9 @@ def test_run_report_writes_under_reports(two_runs):
     root, _ = two_runs
     written = sorted((root / "reports").glob("*.html"))
     assert [p.name for p in written] == ["vlbench-run2.html"]
-    assert "clip-vit-b32-tiny" in written[0].read_text()
+    html = written[0].read_text()
+    assert "clip-vit-b32-tiny" in html
+    assert "% of peak" in html  # achieved share of the run's measured matmul peak, per stage
 
 
 def test_report_of_several_runs_and_markdown(two_runs, tmp_path, capsys):
