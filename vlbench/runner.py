@@ -12,12 +12,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import re
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,12 +24,14 @@ from architectures import build_model, resolve_preset
 from feature_extractors import spec_for_config
 
 from .calibrate import matmul_peak_flops
+from .compiled import measure_end_to_end, prepare_compiled
 from .flops import count_flops, count_params
 from .memory import peak_bytes, reset_peak
 from .precision import apply_precision, autocast
 from .results import MODES, CaseResult, CaseSpec, StageResult
 from .stats import summarize
-from .timing import MIN_SAMPLES, StageMemory, TimingOptions, measure, time_end_to_end
+from .timing import StageMemory, TimingOptions, measure
+from .trace import trace_path, write_trace  # noqa: F401 - trace_path is public here too
 
 #: a gap between the stage sum and end-to-end above this share is flagged in reports
 STAGE_GAP_LIMIT = 0.05
@@ -198,7 +198,7 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
             else "interleaved: end-to-end in separate iterations without hooks")
     else:
         # never hook a compiled or captured model: it is timed end to end only
-        timed, cold_s, extra = _prepare_compiled(spec.mode, model, inputs, forward, device,
+        timed, cold_s, extra = prepare_compiled(spec.mode, model, inputs, forward, device,
                                                  spec.precision, options.compile_backend)
         settings.update(compile_s=round(cold_s, 4), stages_timed=False, **extra)
         end_to_end_ms = measure_end_to_end(timed, device, options.timing)
@@ -272,100 +272,6 @@ def peak_flops_for(device: torch.device, precision: str) -> float | None:
         except RuntimeError:  # e.g. a dtype without a matmul kernel on this device
             _PEAKS[key] = None
     return _PEAKS[key]
-
-
-def _prepare_compiled(mode: str, model: torch.nn.Module, inputs: tuple, forward: Callable,
-                      device: torch.device, precision: str, backend: str | None,
-                      ) -> tuple[Callable[[], object], float, dict[str, Any]]:
-    """The forward to time for a compiled or captured case, the cold-start seconds (the first
-    compiled forward, or warm-up plus capture) and what to record about it."""
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    if mode == "compile":
-        import torch._dynamo
-
-        torch._dynamo.reset()  # every case pays its own compile: the cold start is recorded
-        torch._dynamo.utils.counters.clear()
-        compiled = torch.compile(model, backend=backend) if backend else torch.compile(model)
-
-        def timed() -> object:
-            with torch.inference_mode(), autocast(precision, device.type):
-                return compiled(*inputs)
-
-        began = time.perf_counter()
-        timed()
-        sync()
-        cold = time.perf_counter() - began
-        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
-        return timed, cold, {"compile_backend": backend or "inductor", "graph_breaks": breaks}
-    # cudagraphs: warm up on a side stream, capture one forward, time its replay; autocast's
-    # weight-cast cache stays off meanwhile, as torch's CUDA-graph notes ask
-    began = time.perf_counter()
-    cache = torch.is_autocast_cache_enabled()
-    torch.set_autocast_cache_enabled(False)
-    try:
-        stream = torch.cuda.Stream(device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                forward()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            forward()
-        sync()
-    finally:
-        torch.set_autocast_cache_enabled(cache)
-    return graph.replay, time.perf_counter() - began, {}
-
-
-def measure_end_to_end(forward: Callable[[], object], device: torch.device,
-                       options: TimingOptions) -> list[float]:
-    """End-to-end samples only (compiled and captured cases), with the stopping rules of
-    ``vlbench.timing.measure``."""
-    for _ in range(options.warmup):
-        time_end_to_end(forward, device)
-    samples: list[float] = []
-    began = time.perf_counter()
-    while True:
-        samples.append(time_end_to_end(forward, device))
-        n, elapsed = len(samples), time.perf_counter() - began
-        if n >= options.max_repeats or (n >= options.min_repeats and elapsed >= options.min_time_s):
-            return samples
-        if n >= min(MIN_SAMPLES, options.min_repeats) and elapsed >= options.max_time_s:
-            return samples
-
-
-def trace_path(spec: CaseSpec, directory: str | Path) -> Path:
-    """DIR/<case identity with anything but letters, digits, '.', '-' and '_' replaced by
-    '_'>.json; the identity is the store's case key, with the mode (when not eager) and the
-    thread count (when the case sets one) appended."""
-    height, width = spec.image_size
-    key = (f"{spec.model}|{spec.batch_size}|{height}x{width}|{spec.text_len}"
-           f"|{spec.precision}|{spec.device}")
-    key += f"|{spec.mode}" if spec.mode != "eager" else ""
-    key += f"|t{spec.threads}" if spec.threads is not None else ""
-    return Path(directory) / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".json")
-
-
-def write_trace(spec: CaseSpec, forward: Callable[[], object], device: torch.device,
-                directory: str) -> str:
-    """One profiled forward after the timing, as a chrome trace; returns its path."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(ProfilerActivity.CUDA)
-    path = trace_path(spec, directory)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with profile(activities=activities) as prof:
-        forward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    prof.export_chrome_trace(str(path))
-    return str(path)
 
 
 def _fusion_name(preset: object) -> str:

@@ -50,8 +50,9 @@ a newer vlbench (``store_version`` above ``STORE_VERSION``) is refused with
 1. the first schema;
 2. ``runs.vlbench_version``: the version of the vlbench that started the run.
 
-To change the schema: bump ``STORE_VERSION``, update ``_SCHEMA`` (the schema of a new store) and
-add ``MIGRATIONS[STORE_VERSION - 1]``; a test checks that a migrated store matches a new one.
+To change the schema (in ``vlbench/store_schema.py``): bump ``STORE_VERSION``, update ``_SCHEMA``
+(the schema of a new store) and add ``MIGRATIONS[STORE_VERSION - 1]``; a test checks that a
+migrated store matches a new one.
 
 A run recorded as ``running`` whose process is gone (same host, pid not alive) or whose heartbeat
 is older than ``STALE_AFTER_S`` is reported as ``interrupted`` by :meth:`Store.get_run`. Writers
@@ -66,7 +67,7 @@ import os
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -76,82 +77,22 @@ from typing import Any, Self
 
 from vlbench import __version__
 from vlbench.results import CaseResult, CaseSpec
+from vlbench.store_schema import (  # noqa: F401 - re-exported: the store's public surface
+    _SCHEMA,
+    APP_NAME,
+    BUSY_TIMEOUT_S,
+    MIGRATIONS,
+    STORE_VERSION,
+    NotAStoreError,
+    _inspect_existing,
+    _migrate_1_to_2,
+    _parse_version,
+)
 
 DEFAULT_DB_ENV = "VLBENCH_DB"
-APP_NAME = "vlbench"
-STORE_VERSION = 2
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
 #: A 'running' run whose heartbeat is older than this is reported as interrupted.
 STALE_AFTER_S = 600.0
-BUSY_TIMEOUT_S = 30.0
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)",
-    """CREATE TABLE IF NOT EXISTS runs (
-        id INTEGER PRIMARY KEY,
-        label TEXT,
-        suite TEXT,
-        status TEXT,  -- running | finished | interrupted | failed
-        started_at TEXT,
-        finished_at TEXT,
-        heartbeat_at TEXT,
-        host TEXT,
-        pid INTEGER,
-        command TEXT,
-        env_json TEXT,
-        settings_json TEXT,
-        vlbench_version TEXT
-    )""",
-    """CREATE TABLE IF NOT EXISTS cases (
-        id INTEGER PRIMARY KEY,
-        run_id INTEGER REFERENCES runs(id),
-        case_key TEXT,
-        attempt INTEGER,
-        model TEXT,
-        status TEXT,
-        message TEXT,
-        result_json TEXT,
-        created_at TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS cases_run_key ON cases (run_id, case_key)",
-)
-
-
-def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
-    """Record which vlbench version started each run (unknown, NULL, for older runs)."""
-    conn.execute("ALTER TABLE runs ADD COLUMN vlbench_version TEXT")
-
-
-#: ``MIGRATIONS[n]`` upgrades a store from version ``n`` to ``n + 1``, inside the caller's
-#: transaction; it must not commit. See "Schema versions and migrations" above.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
-    1: _migrate_1_to_2,
-}
-
-
-def _newer_message(path: Path, version: int) -> str:
-    return (
-        f"{path} was written by a newer vlbench (store version {version} > {STORE_VERSION});"
-        " upgrade vlbench"
-    )
-
-
-def _parse_version(path: Path, value: object) -> int:
-    """The store_version as an int; NotAStoreError when it is missing, garbled or newer."""
-    text = str(value) if value is not None else ""
-    if not text.isdigit() or int(text) < 1:
-        raise NotAStoreError(f"{path} has an invalid store_version {value!r} (not a vlbench store)")
-    version = int(text)
-    if version > STORE_VERSION:
-        raise NotAStoreError(_newer_message(path, version))
-    return version
-
-
-class NotAStoreError(Exception):
-    """The path holds something other than a vlbench store; it was left untouched."""
-
 
 class RunActiveError(ValueError):
     """The run is still in progress (its process is alive, or its heartbeat is fresh)."""
@@ -280,42 +221,6 @@ def _format_ids(ids: list[int], spell_out: int = 12) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _inspect_existing(path: Path) -> bool:
-    """Check an existing file read-only; return True when it is already a vlbench store.
-
-    Returns False for a zero-byte file (treated as new); raises NotAStoreError otherwise.
-    """
-    if not path.is_file():
-        raise NotAStoreError(f"{path} is not a regular file (not a vlbench store)")
-    size = path.stat().st_size
-    if size == 0:
-        return False
-    with path.open("rb") as handle:
-        header = handle.read(len(_SQLITE_MAGIC))
-    if header != _SQLITE_MAGIC:
-        raise NotAStoreError(f"{path} exists and is not an SQLite database (not a vlbench store)")
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
-    except sqlite3.Error as exc:
-        raise NotAStoreError(f"{path} cannot be opened as SQLite: {exc}") from exc
-    try:
-        has_meta = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
-        if not has_meta:
-            raise NotAStoreError(f"{path} is an SQLite database of another application")
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    except sqlite3.DatabaseError as exc:
-        raise NotAStoreError(f"{path} is not a readable SQLite database: {exc}") from exc
-    finally:
-        conn.close()
-    if meta.get("app") != APP_NAME:
-        raise NotAStoreError(f"{path} is an SQLite database of another application")
-    _parse_version(path, meta.get("store_version"))
-    return True
 
 
 class Store:

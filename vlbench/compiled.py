@@ -1,0 +1,79 @@
+"""Compiled and graph-captured cases, timed end to end only: a forward hook would split a
+compiled graph at every stage boundary and never runs on CUDA-graph replay (DESIGN: "Hooks and
+compilation do not mix"). The cold-start cost (compiling, or warming up and capturing) is
+returned separately so it is recorded, not hidden in the samples."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .precision import autocast
+from .timing import MIN_SAMPLES, TimingOptions, time_end_to_end
+
+
+def prepare_compiled(mode: str, model: torch.nn.Module, inputs: tuple, forward: Callable,
+                      device: torch.device, precision: str, backend: str | None,
+                      ) -> tuple[Callable[[], object], float, dict[str, Any]]:
+    """The forward to time for a compiled or captured case, the cold-start seconds (the first
+    compiled forward, or warm-up plus capture) and what to record about it."""
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if mode == "compile":
+        import torch._dynamo
+
+        torch._dynamo.reset()  # every case pays its own compile: the cold start is recorded
+        torch._dynamo.utils.counters.clear()
+        compiled = torch.compile(model, backend=backend) if backend else torch.compile(model)
+
+        def timed() -> object:
+            with torch.inference_mode(), autocast(precision, device.type):
+                return compiled(*inputs)
+
+        began = time.perf_counter()
+        timed()
+        sync()
+        cold = time.perf_counter() - began
+        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+        return timed, cold, {"compile_backend": backend or "inductor", "graph_breaks": breaks}
+    # cudagraphs: warm up on a side stream, capture one forward, time its replay; autocast's
+    # weight-cast cache stays off meanwhile, as torch's CUDA-graph notes ask
+    began = time.perf_counter()
+    cache = torch.is_autocast_cache_enabled()
+    torch.set_autocast_cache_enabled(False)
+    try:
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                forward()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            forward()
+        sync()
+    finally:
+        torch.set_autocast_cache_enabled(cache)
+    return graph.replay, time.perf_counter() - began, {}
+
+
+def measure_end_to_end(forward: Callable[[], object], device: torch.device,
+                       options: TimingOptions) -> list[float]:
+    """End-to-end samples only (compiled and captured cases), with the stopping rules of
+    ``vlbench.timing.measure``."""
+    for _ in range(options.warmup):
+        time_end_to_end(forward, device)
+    samples: list[float] = []
+    began = time.perf_counter()
+    while True:
+        samples.append(time_end_to_end(forward, device))
+        n, elapsed = len(samples), time.perf_counter() - began
+        if n >= options.max_repeats or (n >= options.min_repeats and elapsed >= options.min_time_s):
+            return samples
+        if n >= min(MIN_SAMPLES, options.min_repeats) and elapsed >= options.max_time_s:
+            return samples

@@ -1,0 +1,38 @@
+"""``--trace``: one profiled forward per case, written as a chrome trace for those who want to
+dig below the stage level."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .results import CaseSpec
+from .store import case_key
+
+
+def trace_path(spec: CaseSpec, directory: str | Path) -> Path:
+    """DIR/<the store's case key with anything but letters, digits, '.', '-' and '_' replaced
+    by '_'>.json."""
+    key = case_key(spec)
+    return Path(directory) / (re.sub(r"[^A-Za-z0-9._-]+", "_", key) + ".json")
+
+
+def write_trace(spec: CaseSpec, forward: Callable[[], object], device: torch.device,
+                directory: str) -> str:
+    """One profiled forward after the timing, as a chrome trace; returns its path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    path = trace_path(spec, directory)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with profile(activities=activities) as prof:
+        forward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    prof.export_chrome_trace(str(path))
+    return str(path)
