@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--report", action="store_true",
                    help="write an HTML report of the run when it ends (under reports/)")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="local (default): this machine; ray: one Ray task per case, one whole "
+                   "GPU each (pip install 'vlbench[ray]')")
+    p.add_argument("--address", help="--executor ray: the Ray cluster to join "
+                   "(default: start Ray locally)")
+    p.add_argument("--allow-shared", action="store_true",
+                   help="--executor ray on CPU nodes: let cases share a node's cores")
 
     p = sub.add_parser("profile", help="parameters and FLOPs per stage, no timing")
     p.add_argument("model", help="a preset or an EMBEDDER+FUSION pair")
@@ -202,6 +209,10 @@ def _csv_names(text: str, registry_get) -> list[str]:  # noqa: ANN001
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .retrieval_cli import cmd_run_retrieval, is_retrieval_suite
+
+    if args.resume is None and is_retrieval_suite(args.suite):
+        return cmd_run_retrieval(args)
     if args.resume is not None:
         return _resume_run(args)
     import torch
@@ -267,7 +278,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           threads=torch.get_num_threads(), isolated=isolated,
                           memory_budget=choose_memory_budget(isolated, device, args.memory_budget),
                           compile_backend=args.compile_backend or None,
-                          trace_dir=str(Path(args.trace).resolve()) if args.trace else None)
+                          trace_dir=str(Path(args.trace).resolve()) if args.trace else None,
+                          **_executor_options(args, device))
     cases = suite.cases(device)
 
     argv = args.argv
@@ -283,6 +295,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _execute(store, run_id, cases, options, args)
 
 
+def _executor_options(args: argparse.Namespace, device: str) -> dict:
+    """CaseOptions fields of --executor/--address/--allow-shared; Ray-only flags without
+    --executor ray are an error rather than silently ignored."""
+    executor = args.executor or "local"
+    if executor != "ray" and (args.address or args.allow_shared):
+        raise UsageError("--address and --allow-shared apply to --executor ray")
+    if executor == "ray":
+        from .ray_executor import check_ray_available
+
+        check_ray_available()  # one line saying how to install it, exit 2
+    return {"executor": executor, "ray_address": args.address,
+            "allow_shared": bool(args.allow_shared)}
+
+
 def _device(name: str) -> str:
     from .runner import DeviceError, resolve_device
 
@@ -296,7 +322,8 @@ def _device(name: str) -> str:
 _FRESH_RUN_FLAGS = ("suite", "models", "compose", "size", "device", "batch_sizes", "precisions",
                     "image_size", "text_len", "warmup", "repeats", "min_time", "max_repeats",
                     "max_time", "threads", "head", "seed", "label", "memory_budget",
-                    "no_isolation", "modes", "compile_backend", "trace")
+                    "no_isolation", "modes", "compile_backend", "trace", "executor",
+                    "address", "allow_shared")
 
 
 def _resume_run(args: argparse.Namespace) -> int:

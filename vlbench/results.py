@@ -71,6 +71,13 @@ class CaseSpec:
     mode: str = "eager"
     #: torch intra-op threads for this case; None: the run's setting
     threads: int | None = None
+    #: round of ``vlbench run --rounds R`` (0-based); each round runs in fresh worker processes
+    round: int = 0
+    #: side of an interleaved A/B run ("A" baseline, "B" current); None: an ordinary run
+    side: str | None = None
+    #: what is timed: None for one forward of the model; "retrieval-t2i" / "retrieval-i2t" for
+    #: ranking a gallery of ``batch_size`` candidates (``vlbench.retrieval``)
+    task: str | None = None
 
 
 @dataclass(frozen=True)

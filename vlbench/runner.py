@@ -82,13 +82,23 @@ class CaseOptions:
     compile_backend: str | None = None
     #: write one torch.profiler chrome trace per case into this directory
     trace_dir: str | None = None
+    #: who runs the cases: "local" (this machine) or "ray" (vlbench.ray_executor)
+    executor: str = "local"
+    #: Ray cluster to join; None starts Ray locally
+    ray_address: str | None = None
+    #: Ray on CPU nodes: let cases share a node's cores (default: one case per node)
+    allow_shared: bool = False
+    #: user plugin files loaded (vlbench.plugins) in every process that builds models
+    plugins: tuple[str, ...] = ()
 
     def settings(self) -> dict[str, Any]:
         """The run-settings entries that ``from_settings`` reads back."""
         return {"timing": dict(self.timing.__dict__), "head": self.head, "seed": self.seed,
                 "threads": self.threads, "isolation": "process" if self.isolated else "none",
                 "memory_budget_bytes": self.memory_budget,
-                "compile_backend": self.compile_backend, "trace_dir": self.trace_dir}
+                "compile_backend": self.compile_backend, "trace_dir": self.trace_dir,
+                "executor": self.executor, "ray_address": self.ray_address,
+                "allow_shared": self.allow_shared, "plugins": list(self.plugins)}
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> CaseOptions:
@@ -98,7 +108,11 @@ class CaseOptions:
                    isolated=settings.get("isolation", "none") == "process",
                    memory_budget=settings.get("memory_budget_bytes"),
                    compile_backend=settings.get("compile_backend"),
-                   trace_dir=settings.get("trace_dir"))
+                   trace_dir=settings.get("trace_dir"),
+                   executor=settings.get("executor", "local"),
+                   ray_address=settings.get("ray_address"),
+                   allow_shared=bool(settings.get("allow_shared", False)),
+                   plugins=tuple(settings.get("plugins", ())))
 
 
 def apply_threads(threads: int | None) -> None:
@@ -327,6 +341,10 @@ def run_cases(
         cutoff.note(result)
         on_result(result)
 
+    if options.executor == "ray":
+        from .ray_executor import run_on_ray
+
+        return run_on_ray(cutoff.cases(cases), options, noted, before=before)
     if options.isolated:
         from .worker import run_isolated
 

@@ -62,6 +62,7 @@ should also call :meth:`Store.heartbeat` from a timer. A ``Store`` may be shared
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -149,7 +150,19 @@ def case_key(spec: CaseSpec) -> str:
         key += f"|{spec.mode}"
     if getattr(spec, "threads", None) is not None:
         key += f"|t{spec.threads}"
+    if getattr(spec, "task", None):
+        key += f"|{spec.task}"
+    if getattr(spec, "side", None):
+        key += f"|side{spec.side}"
+    if getattr(spec, "round", 0):
+        key += f"|r{spec.round}"
     return key
+
+
+def identity_key(spec: CaseSpec) -> str:
+    """What a case measures, whatever its round or side: the key that matches a case across
+    runs, rounds and the two sides of an interleaved run."""
+    return case_key(dataclasses.replace(spec, round=0, side=None))
 
 
 def _now() -> datetime:
