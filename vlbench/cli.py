@@ -366,6 +366,10 @@ def _execute(store: Store, run_id: int, cases, options, args: argparse.Namespace
     fits = fit_token_scaling(results)
     if fits:
         print("\n" + scaling_table(fits))
+    if any(r.spec.task for r in results):
+        from .retrieval_cli import retrieval_summary
+
+        print("\n" + retrieval_summary(results))
     print(f"\nrun {run_id} stored in {store.path}; export with: vlbench export --run {run_id}")
     if args.report:
         with _open_store(store.path) as reader:

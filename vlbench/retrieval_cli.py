@@ -12,3 +12,7 @@ def is_retrieval_suite(ref: str | None) -> bool:
 
 def cmd_run_retrieval(args: argparse.Namespace) -> int:
     raise NotImplementedError("the retrieval suite is not built yet")
+
+
+def retrieval_summary(results: list) -> str:
+    return ""

@@ -168,6 +168,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
     check_mode(spec.mode)
+    if spec.task is not None:  # ranking a gallery, not one forward (vlbench.retrieval)
+        from .retrieval import measure_retrieval_case
+
+        return measure_retrieval_case(spec, options)
     device = torch.device(spec.device)
     if spec.mode == "cudagraphs" and device.type != "cuda":
         raise UnsupportedCase("CUDA graphs need a GPU")
