@@ -63,6 +63,12 @@ def _visual(name: str, width: int, tiny: bool) -> tuple[Any, tuple[int, int]]:
         boxes = TINY_REGIONS.num_boxes if tiny else 36
         return PrecomputedRegionsConfig(num_boxes=boxes, width=width), (
             (128, 160) if tiny else (800, 1333))
+    spec = EMBEDDERS.get(name)  # one-line error for an unknown name
+    if spec.modality == "visual" and spec.canonical is not None:  # a plugin's embedder
+        return spec.canonical(width, tiny)
+    if spec.modality == "visual":
+        raise UnknownNameError(f"embedder {name!r} cannot be composed: its EmbedderSpec has "
+                               "no 'canonical' (width, tiny) -> (config, image size)")
     raise UnknownNameError(f"embedder {name!r} is not a visual embedder")
 
 

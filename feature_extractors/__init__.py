@@ -7,6 +7,7 @@ module with explicit keyword arguments, so leaf modules never see a config objec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -34,6 +35,9 @@ class EmbedderSpec:
     config: type
     module: type[nn.Module]
     description: str
+    #: visual embedders of plugins: (fusion width, tiny) -> (config, canonical image size), so
+    #: that ``EMBEDDER+FUSION`` pairs can compose them; the built-in ones are known to compose
+    canonical: Callable[[int, bool], tuple[Any, tuple[int, int]]] | None = None
 
 
 EMBEDDERS: Registry[EmbedderSpec] = Registry("embedder")

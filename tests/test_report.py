@@ -9,11 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import jinja2
-import numpy as np
 import pytest
 
 from vlbench import cli, paper
-from vlbench.compare import compare_cases, compare_samples, min_p_value, ranked
 from vlbench.report import collect, render_markdown, write_report
 from vlbench.report.charts import breakdown
 from vlbench.results import CaseResult, CaseSpec, StageResult
@@ -169,45 +167,6 @@ def test_baseline_section(store: Store, tmp_path: Path) -> None:
     other = store.start_run(label=None, suite=None, command="x", env={}, settings={})
     with pytest.raises(ValueError, match="no successful cases in common"):
         write_report(store, [other], baseline=1, out=tmp_path / "none.html")
-
-
-# -- comparison -------------------------------------------------------------------------------
-
-
-def _case(samples: np.ndarray, model: str = "m") -> CaseResult:
-    values = tuple(float(v) for v in samples)
-    stage = StageResult(name="visual", kind="patch", parent=None, timing=summarize(values),
-                        calls=1, flops=0, params=0, samples_ms=values)
-    return CaseResult(spec=CaseSpec(model, 1, (32, 32), 4, "fp32", "cpu"), status="ok",
-                      end_to_end=summarize(values), end_to_end_samples_ms=values,
-                      stage_sum_ms=float(np.median(values)), stages=(stage,))
-
-
-def test_compare_verdicts() -> None:
-    rng = np.random.default_rng(0)
-    base = 100 + rng.normal(0, 2, 40)
-    slower = compare_cases([_case(base)], [_case(1.2 * (100 + rng.normal(0, 2, 40)))])
-    assert {c.stage for c in slower} == {"end_to_end", "visual"}
-    assert all(c.verdict == "slower" and c.p_value < 0.01 for c in slower)
-    assert all(1.15 < c.ratio < 1.25 for c in slower)
-    faster = compare_cases([_case(base)], [_case(0.8 * base)])
-    assert all(c.verdict == "faster" for c in faster)
-    assert all(c.verdict == "same" for c in compare_cases([_case(base)], [_case(base)]))
-    few = compare_cases([_case(base[:3])], [_case(2 * base[:3])])
-    assert all(c.verdict == "inconclusive" for c in few)
-    with pytest.raises(ValueError, match="no successful cases in common"):
-        compare_cases([_case(base, "a")], [_case(base, "b")])
-
-
-def test_compare_helpers() -> None:
-    assert min_p_value(3, 3) == pytest.approx(0.1)  # 2 / C(6, 3)
-    assert min_p_value(8, 8) < 0.01
-    # a large change that the samples cannot confirm is not called "same"
-    noisy = np.array([100.0, 300.0, 80.0, 260.0, 90.0, 310.0, 70.0, 120.0, 250.0, 95.0])
-    ratio, p_value, verdict = compare_samples(noisy, noisy[::-1] * 1.3)
-    assert ratio > 1.1 and p_value is not None and p_value > 0.01 and verdict == "inconclusive"
-    rows = compare_cases([_case(np.arange(10.0) + 100)], [_case(np.arange(10.0) + 200)])
-    assert ranked(rows)[0].verdict == "slower"
 
 
 # -- data ---------------------------------------------------------------------------------------

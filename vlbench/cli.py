@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -43,12 +44,17 @@ def _parser() -> argparse.ArgumentParser:
         "FLOPs, parameters and memory.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    plugin = _ArgumentParser(add_help=False)
+    plugin.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="a user plugin file registering embedders, fusions or presets "
+                        "(repeatable; entry points of group 'vlbench.plugins' load always)")
 
-    p = sub.add_parser("list", help="list models, embedders, fusion schemes or suites")
+    p = sub.add_parser("list", parents=[plugin],
+                       help="list models, embedders, fusion schemes or suites")
     p.add_argument("what", nargs="?", default="models",
                    choices=["models", "embedders", "fusions", "pairs", "suites"])
 
-    p = sub.add_parser("run", help="run a suite and store the results")
+    p = sub.add_parser("run", parents=[plugin], help="run a suite and store the results")
     p.add_argument("--suite", help="built-in suite name or a .yaml path (default latency)")
     p.add_argument("--models", help="comma-separated presets (default: the suite's)")
     p.add_argument("--compose", help="comma-separated EMBEDDER+FUSION pairs, e.g. "
@@ -96,8 +102,18 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: start Ray locally)")
     p.add_argument("--allow-shared", action="store_true",
                    help="--executor ray on CPU nodes: let cases share a node's cores")
+    p.add_argument("--rounds", type=int,
+                   help="measure every case in this many rounds, each in fresh worker "
+                   "processes (default 1; 'vlbench compare' needs 5 or more per side)")
+    p.add_argument("--baseline-plugin", action="append", metavar="FILE.py",
+                   help="interleaved A/B: side A (baseline) loads this plugin file instead of "
+                   "--plugin's; rounds alternate A B A B in separate workers")
+    p.add_argument("--baseline-python", metavar="PYTHON",
+                   help="interleaved A/B: side A's workers run this interpreter (another "
+                   "environment with vlbench installed, e.g. the base branch's)")
 
-    p = sub.add_parser("profile", help="parameters and FLOPs per stage, no timing")
+    p = sub.add_parser("profile", parents=[plugin],
+                       help="parameters and FLOPs per stage, no timing")
     p.add_argument("model", help="a preset or an EMBEDDER+FUSION pair")
     p.add_argument("--size", choices=["base", "tiny"])
     p.add_argument("--image-size", help="HxW (default: the canonical input)")
@@ -106,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--head", action="store_true")
     p.add_argument("--format", choices=["table", "json"], default="table")
 
-    p = sub.add_parser("report", help="write a self-contained HTML (or markdown) report")
+    p = sub.add_parser("report", parents=[plugin],
+                       help="write a self-contained HTML (or markdown) report")
     p.add_argument("--run", nargs="+", default=["latest"],
                    help="run id(s) (space- or comma-separated) or 'latest'")
     p.add_argument("--baseline", help="compare with this run id")
@@ -114,7 +131,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="default reports/vlbench-run<ID>.html")
     p.add_argument("--db", help=f"results database (default {default_db_path()})")
 
-    p = sub.add_parser("export", help="export a stored run as JSON or CSV")
+    p = sub.add_parser("compare", parents=[plugin],
+                       help="the regression gate: compare two runs (or an A/B run's sides) "
+                       "per model and stage")
+    p.add_argument("refs", nargs="+", metavar="RUN",
+                   help="BASELINE CURRENT: run ids, 'latest', ID:A / ID:B (a side of an "
+                   "interleaved run) or exported FILE.json; one interleaved run id alone "
+                   "compares its side A with its side B")
+    p.add_argument("--threshold", type=float, default=0.10,
+                   help="relative slowdown that counts (default 0.10 = 10%%)")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any stage comparison is inconclusive")
+    p.add_argument("--fail-on-flops-change", action="store_true",
+                   help="exit 1 when parameters, FLOPs or workload differ")
+    p.add_argument("--run-noise", type=float, metavar="FRACTION",
+                   help="separate runs: run-to-run drift (standard deviation, e.g. 0.05); "
+                   "default: estimated from 3+ other runs of the same cases in the store")
+    p.add_argument("--format", choices=["table", "markdown", "json"], default="table")
+    p.add_argument("--markdown", metavar="FILE",
+                   help="also write a markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
+    p.add_argument("--db", help=f"results database (default {default_db_path()})")
+
+    p = sub.add_parser("export", parents=[plugin], help="export a stored run as JSON or CSV")
     p.add_argument("--run", default="latest", help="run id or 'latest' (default)")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--out", help="write to this file instead of standard output")
@@ -125,10 +164,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     handlers = {"list": cmd_list, "run": cmd_run, "profile": cmd_profile, "export": cmd_export,
-                "report": cmd_report}
+                "report": cmd_report, "compare": cmd_compare}
     try:
         args = _parser().parse_args(argv)
         args.argv = ["vlbench", *argv]  # recorded with a run: the command that reproduces it
+        from .plugins import load_plugins
+
+        load_plugins(args.plugin)
         return handlers[args.command](args)
     except BrokenPipeError:  # `vlbench ... | head`: the reader left, nothing to report
         sys.stderr.close()
@@ -209,10 +251,6 @@ def _csv_names(text: str, registry_get) -> list[str]:  # noqa: ANN001
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .retrieval_cli import cmd_run_retrieval, is_retrieval_suite
-
-    if args.resume is None and is_retrieval_suite(args.suite):
-        return cmd_run_retrieval(args)
     if args.resume is not None:
         return _resume_run(args)
     import torch
@@ -244,6 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     changes: dict = {"models": entries}
     if args.batch_sizes:
         changes["batch_sizes"] = _parse(parse_int_list, args.batch_sizes, "--batch-sizes")
+        changes["cuda_batch_sizes"] = None  # a suite's GPU gallery sizes yield to the flag
     if args.precisions:
         precisions = tuple(p.strip() for p in args.precisions.split(","))
         for p in precisions:
@@ -272,6 +311,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise UsageError(f"--threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
     isolated = not (args.no_isolation or os.environ.get(NO_ISOLATION_ENV, "") not in ("", "0"))
+    rounds = 1 if args.rounds is None else args.rounds
+    if rounds < 1:
+        raise UsageError(f"--rounds must be a positive integer, got {rounds}")
+    ab = _ab_options(args, isolated)
     # threads always explicit: a worker and a resume then use exactly the recorded count
     options = CaseOptions(timing=timing_options, head=args.head,
                           seed=0 if args.seed is None else args.seed,
@@ -279,8 +322,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           memory_budget=choose_memory_budget(isolated, device, args.memory_budget),
                           compile_backend=args.compile_backend or None,
                           trace_dir=str(Path(args.trace).resolve()) if args.trace else None,
-                          **_executor_options(args, device))
-    cases = suite.cases(device)
+                          **_executor_options(args, device), **ab)
+    cases = expand_rounds(suite.cases(device), rounds, interleaved=options.interleaved)
 
     argv = args.argv
     with _open_store(args.db) as store:
@@ -288,11 +331,43 @@ def cmd_run(args: argparse.Namespace) -> int:
             label=args.label, suite=suite.name, command=shlex.join(argv),
             env=collect_environment(device, argv=argv),
             settings={"suite": suite.name, "device": device, **options.settings(),
+                      "rounds": rounds, "interleaved": options.interleaved,
                       "cases": [c.__dict__ for c in cases]},
         )
         print(f"run {run_id}: suite {suite.name}, {len(cases)} case(s) on {device}, "
               f"results in {store.path}", file=sys.stderr)
         return _execute(store, run_id, cases, options, args)
+
+
+def expand_rounds(cases: list, rounds: int, *, interleaved: bool) -> list:
+    """Every case once per round, rounds outermost (so rounds are spread over the run's time);
+    an interleaved A/B run measures side A then side B within each round: A B A B ..."""
+    import dataclasses
+
+    sides = ("A", "B") if interleaved else (None,)
+    return [dataclasses.replace(c, round=r, side=side)
+            for r in range(rounds) for side in sides for c in cases]
+
+
+def _ab_options(args: argparse.Namespace, isolated: bool) -> dict:
+    """CaseOptions fields of --plugin/--baseline-plugin/--baseline-python: plugin paths made
+    absolute (workers and a resume import them from anywhere)."""
+    from .plugins import resolve_plugin_paths
+
+    out: dict = {"plugins": resolve_plugin_paths(args.plugin)}
+    if args.baseline_plugin is not None:
+        out["baseline_plugins"] = resolve_plugin_paths(args.baseline_plugin)
+    if args.baseline_python is not None:
+        python = shutil.which(args.baseline_python) or args.baseline_python
+        if not (Path(python).is_file() and os.access(python, os.X_OK)):
+            raise UsageError(f"--baseline-python {args.baseline_python}: not an executable")
+        out["baseline_python"] = str(Path(python).absolute())
+    if len(out) > 1 and not isolated:
+        raise UsageError("an interleaved A/B run measures its sides in separate worker "
+                         f"processes; drop --no-isolation (or unset {NO_ISOLATION_ENV})")
+    if len(out) > 1 and (args.executor or "local") != "local":
+        raise UsageError("interleaved A/B runs use the local executor")
+    return out
 
 
 def _executor_options(args: argparse.Namespace, device: str) -> dict:
@@ -323,7 +398,8 @@ _FRESH_RUN_FLAGS = ("suite", "models", "compose", "size", "device", "batch_sizes
                     "image_size", "text_len", "warmup", "repeats", "min_time", "max_repeats",
                     "max_time", "threads", "head", "seed", "label", "memory_budget",
                     "no_isolation", "modes", "compile_backend", "trace", "executor",
-                    "address", "allow_shared")
+                    "address", "allow_shared", "rounds", "baseline_plugin", "baseline_python",
+                    "plugin")
 
 
 def _resume_run(args: argparse.Namespace) -> int:
@@ -331,7 +407,7 @@ def _resume_run(args: argparse.Namespace) -> int:
     from .runner import apply_threads
 
     given = [f"--{n.replace('_', '-')}" for n in _FRESH_RUN_FLAGS
-             if getattr(args, n) not in (None, False)]
+             if getattr(args, n) not in (None, False, [])]
     if given:
         raise UsageError("--resume measures the run's recorded cases with its recorded "
                          f"settings; drop {', '.join(given)}")
@@ -433,6 +509,46 @@ def _write_report(store: Store, run_ids: list[int], baseline: int | None, fmt: s
                             out=Path(out) if out else None, command=shlex.join(argv))
     except OSError as exc:
         raise UsageError(f"cannot write report: {exc.strerror or exc}") from None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """The regression gate (vlbench.gate): 1 slower, 0 otherwise, 2 bad input."""
+    from .gate import compare_refs, format_json, format_markdown, format_table
+
+    if len(args.refs) > 2:
+        raise UsageError("compare takes BASELINE CURRENT, or one interleaved run")
+    path = Path(args.db) if args.db else default_db_path()
+    needs_store = any(not _split_ref(r).endswith(".json") for r in args.refs)
+    if needs_store and not path.exists():
+        raise UsageError(f"no results database at {path}; run 'vlbench run' first or pass --db")
+    store = _open_store(path) if needs_store else None
+    try:
+        comparison = compare_refs(args.refs, store, threshold=args.threshold, alpha=args.alpha,
+                                  run_noise=args.run_noise)
+    finally:
+        if store is not None:
+            store.close()
+    status = comparison.exit_status(strict=args.strict,
+                                    fail_on_flops_change=args.fail_on_flops_change)
+    formatter = {"table": format_table, "markdown": format_markdown, "json": format_json}
+    print(formatter[args.format](comparison, status))
+    if args.markdown:
+        try:
+            with open(args.markdown, "a", encoding="utf-8") as handle:
+                handle.write(format_markdown(comparison, status))
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.markdown}: {exc.strerror or exc}") from None
+    if comparison.count("inconclusive"):
+        consequence = "exit 1 (--strict)" if args.strict else "exit 0; --strict fails them"
+        print(f"vlbench compare: INCONCLUSIVE: {comparison.count('inconclusive')} stage "
+              f"comparison(s) could not be decided ({consequence})", file=sys.stderr)
+    return status
+
+
+def _split_ref(ref: str) -> str:
+    from .gate import _split
+
+    return _split(ref)[0]
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -1,28 +1,60 @@
-"""Run-to-run comparison per case and stage: one module for the report's ``--baseline`` section and
-a future ``vlbench compare`` gate.
+"""Run-to-run comparison per case and stage, with the *round* as the unit: one module for
+``vlbench compare`` (the CI gate) and the report's ``--baseline`` section.
 
-A change counts only when it is both large (``|ratio - 1| > threshold``) and significant (two-sided
-Mann-Whitney U on the two runs' raw samples, ``p < alpha``): latency samples are skewed and carry
-outliers, so a rank test fits better than a t-test, and a threshold stops tiny but significant
-drifts from crying wolf. When the sample counts cannot reach ``alpha`` whatever the data (3 against
-3 samples: the smallest two-sided p is 2 / C(6, 3) = 0.1), or a large change is not significant,
-the verdict is ``inconclusive`` rather than ``same``: the data cannot tell, so we do not claim
-they agree.
+Why rounds. Samples of one run are not independent draws: a process's placement, its heap and
+the machine's state at the time shift every sample of a run together (two identical runs on the
+2-core development machine differed by up to 25% in some medians). A test on the samples of one
+run against those of another counts that shift as a change and cries wolf. ``vlbench run --rounds
+R`` measures each case in R rounds, each in a fresh worker process; a round contributes one value,
+its median, and the rank test runs on those.
+
+The statistics, per model and stage (log scale throughout: a slowdown is a ratio):
+
+* ratio = median of the current rounds / median of the baseline rounds, with a distribution-free
+  confidence interval at ``1 - alpha`` (the Hodges-Lehmann interval that inverts the
+  Mann-Whitney test: order statistics of the pairwise log differences);
+* p = exact two-sided Mann-Whitney U on the round medians. With n1 against n2 rounds no data can
+  go below ``2 / C(n1 + n2, n1)`` (4 against 4: 0.029; 5 against 5: 0.008): the defaults
+  (``alpha`` 0.01) need at least 5 rounds per side;
+* separate runs (not the two sides of one interleaved run) also differ by a run-level offset that
+  their rounds cannot show. Its size, ``run_noise`` (standard deviation of the log offset), comes
+  from ``--run-noise`` or from the store's other runs of the same cases (``estimate_run_noise``);
+  the p-value is then the larger of the rank test's and a normal test's that adds twice that
+  variance. Unknown, a large significant change between separate runs is *inconclusive*, never
+  *slower*: interleaved A/B runs, where drift hits both sides alike, are the gate's intended use;
+* the smallest detectable slowdown: the slowdown this comparison would flag with probability
+  ``POWER`` given the spread of rounds it saw (and the run-level noise), by the normal
+  approximation with t quantiles and the rank test's efficiency; infinite when the rounds cannot
+  reach ``alpha`` at all.
+
+Verdicts: *slower* / *faster* when the change is beyond ``threshold`` (10% by default) and
+``p < alpha``; *inconclusive* when the rounds cannot reach ``alpha``, when a large change is not
+significant, or when the comparison could have missed a slowdown of ``MISS_FACTOR x threshold``
+(15% by default); *same* otherwise. Parameters, FLOPs and workload are deterministic and compared
+exactly (``DeterministicChange``).
 """
 
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
 from vlbench.results import CaseResult
-from vlbench.store import Store, case_key
+from vlbench.store import Store, identity_key
 
 END_TO_END = "end_to_end"
 VERDICTS = ("slower", "faster", "same", "inconclusive")
+#: probability with which the smallest detectable slowdown would be flagged
+POWER = 0.95
+#: a comparison that could miss a slowdown of this many thresholds says inconclusive
+MISS_FACTOR = 1.5
+#: asymptotic efficiency of the rank test against the t-test under normal noise (3 / pi)
+_RANK_EFFICIENCY = 3 / math.pi
 _RANK = {"slower": 0, "inconclusive": 1, "faster": 2, "same": 3}
 
 
@@ -31,15 +63,73 @@ class StageComparison:
     """One stage (or ``end_to_end``) of one case, baseline against current."""
 
     model: str
+    case_key: str  # the case's identity (round and side left out)
+    stage: str
+    baseline_ms: float  # median of the baseline's round medians
+    current_ms: float
+    ratio: float  # current / baseline; > 1 is slower
+    p_value: float | None  # None when a side has no rounds
+    verdict: str  # slower, faster, same or inconclusive
+    n_baseline: int = 0  # rounds
+    n_current: int = 0
+    ci_low: float = math.nan  # confidence interval of the ratio at 1 - alpha
+    ci_high: float = math.nan
+    #: smallest slowdown (0.12 = 12%) flagged with probability POWER; inf: none could be
+    detectable: float = math.inf
+    reason: str = ""  # why the verdict is inconclusive
+    parent: str | None = None  # enclosing stage; None for top-level stages and end-to-end
+
+
+@dataclass(frozen=True)
+class DeterministicChange:
+    """Parameters, FLOPs or a workload figure that differ between the sides: not noise."""
+
+    model: str
     case_key: str
     stage: str
-    baseline_ms: float
-    current_ms: float
-    ratio: float  # current / baseline median; > 1 is slower
-    p_value: float | None  # None when a side has no samples
-    verdict: str  # slower, faster, same or inconclusive
-    n_baseline: int = 0
-    n_current: int = 0
+    what: str  # params, flops, or workload:<name>
+    baseline: float | int | None
+    current: float | int | None
+
+
+@dataclass
+class Comparison:
+    """Everything ``vlbench compare`` prints and gates on."""
+
+    baseline_label: str
+    current_label: str
+    stages: list[StageComparison]
+    changes: list[DeterministicChange]
+    interleaved: bool
+    threshold: float
+    alpha: float
+    #: run-level noise (sd of log offsets) used for separate runs; None: unknown or interleaved
+    run_noise: float | None = None
+    only_baseline: list[str] = field(default_factory=list)  # case identities on one side only
+    only_current: list[str] = field(default_factory=list)
+
+    def count(self, verdict: str) -> int:
+        return sum(1 for c in self.stages if c.verdict == verdict)
+
+    def exit_status(self, *, strict: bool = False, fail_on_flops_change: bool = False) -> int:
+        """1 when a stage is slower (or, as asked, inconclusive or deterministically changed)."""
+        if self.count("slower"):
+            return 1
+        if strict and self.count("inconclusive"):
+            return 1
+        if fail_on_flops_change and self.changes:
+            return 1
+        return 0
+
+    def detectable_summary(self) -> tuple[float, float]:
+        """(median, worst) smallest detectable slowdown over the compared stages."""
+        values = [c.detectable for c in self.stages]
+        if not values:
+            return math.inf, math.inf
+        return float(np.median(values)), max(values)
+
+
+# -- exact Mann-Whitney pieces ------------------------------------------------------------------
 
 
 def min_p_value(n1: int, n2: int) -> float:
@@ -53,41 +143,159 @@ def min_p_value(n1: int, n2: int) -> float:
     return min(1.0, 2.0 / math.comb(n1 + n2, n1))
 
 
-def compare_samples(
+@lru_cache(maxsize=256)
+def _u_counts(n1: int, n2: int) -> tuple[int, ...]:
+    """Number of arrangements giving each U = 0 .. n1 n2 under the null (no ties)."""
+    # f(m, n) over u, by the recursion f(m, n, u) = f(m - 1, n, u - n) + f(m, n - 1, u)
+    table = {(0, n): (1,) for n in range(n2 + 1)}
+    for m in range(1, n1 + 1):
+        table[(m, 0)] = (1,)
+        for n in range(1, n2 + 1):
+            size = m * n + 1
+            counts = [0] * size
+            for u, c in enumerate(table[(m - 1, n)]):
+                counts[u + n] += c
+            for u, c in enumerate(table[(m, n - 1)]):
+                counts[u] += c
+            table[(m, n)] = tuple(counts)
+    return table[(n1, n2)]
+
+
+def _ci_rank(n1: int, n2: int, alpha: float) -> int | None:
+    """The k of the Hodges-Lehmann interval [d(k+1), d(n1 n2 - k)] at confidence >= 1 - alpha:
+    the largest k with P(U <= k) <= alpha / 2; None when even k = 0 is too likely."""
+    counts = _u_counts(n1, n2)
+    total = math.comb(n1 + n2, n1)
+    cumulative, k = 0, None
+    for u, c in enumerate(counts):
+        cumulative += c
+        if cumulative / total > alpha / 2:
+            break
+        k = u
+    return k
+
+
+def ratio_interval(base_log: np.ndarray, cur_log: np.ndarray, alpha: float) -> tuple[float, float]:
+    """Distribution-free confidence interval of current / baseline from log round values."""
+    k = _ci_rank(len(base_log), len(cur_log), alpha)
+    if k is None:
+        return 0.0, math.inf  # the rounds cannot bound the ratio at this confidence
+    diffs = np.sort((cur_log[None, :] - base_log[:, None]).ravel())
+    return float(np.exp(diffs[k])), float(np.exp(diffs[len(diffs) - 1 - k]))
+
+
+def rank_p_value(base: np.ndarray, cur: np.ndarray) -> float:
+    from scipy.stats import mannwhitneyu
+
+    if np.array_equal(np.sort(base), np.sort(cur)):
+        return 1.0  # identical rounds are no change (and all-tied input makes scipy warn)
+    method = "exact" if len(np.unique(np.concatenate([base, cur]))) == len(base) + len(cur) \
+        else "asymptotic"
+    return float(mannwhitneyu(cur, base, alternative="two-sided", method=method).pvalue)
+
+
+# -- one stage ------------------------------------------------------------------------------------
+
+
+def detectable_slowdown(n1: int, n2: int, within_sd: float | None, run_noise: float,
+                        alpha: float, power: float = POWER) -> float:
+    """Smallest slowdown flagged with probability ``power``: (q(1 - alpha/2) + q(power)) times
+    the standard error of the log ratio, t quantiles on the rounds' degrees of freedom, the rank
+    test's efficiency for the within-run part; inf when the rounds cannot reach ``alpha``."""
+    from scipy.stats import t
+
+    if min_p_value(n1, n2) >= alpha or within_sd is None:
+        return math.inf
+    df = max(n1 + n2 - 2, 1)
+    within_var = within_sd**2 * (1 / n1 + 1 / n2) / _RANK_EFFICIENCY
+    se = math.sqrt(within_var + 2 * run_noise**2)
+    return math.expm1((t.ppf(1 - alpha / 2, df) + t.ppf(power, df)) * se)
+
+
+def _pooled_sd(base_log: np.ndarray, cur_log: np.ndarray) -> float | None:
+    df = len(base_log) + len(cur_log) - 2
+    if len(base_log) < 2 or len(cur_log) < 2:
+        return None
+    ss = ((base_log - base_log.mean()) ** 2).sum() + ((cur_log - cur_log.mean()) ** 2).sum()
+    return math.sqrt(ss / df)
+
+
+def compare_rounds(
     baseline: Sequence[float],
     current: Sequence[float],
     *,
     threshold: float = 0.10,
     alpha: float = 0.01,
-) -> tuple[float, float | None, str]:
-    """(ratio of medians, p-value, verdict) for two series of timings in milliseconds."""
-    from scipy.stats import mannwhitneyu
+    interleaved: bool = True,
+    run_noise: float | None = None,
+) -> dict:
+    """The statistics of one stage from its round medians (ms): ratio, ci_low/ci_high, p_value,
+    detectable, verdict, reason. ``interleaved=False`` (separate runs) uses ``run_noise``."""
+    base = np.asarray(baseline, dtype=float)
+    cur = np.asarray(current, dtype=float)
+    if len(base) == 0 or len(cur) == 0:
+        return dict(ratio=math.nan, ci_low=math.nan, ci_high=math.nan, p_value=None,
+                    detectable=math.inf, verdict="inconclusive", reason="no rounds on a side")
+    base_log, cur_log = np.log(base), np.log(cur)
+    ratio = float(np.median(cur) / np.median(base))
+    ci_low, ci_high = ratio_interval(base_log, cur_log, alpha)
+    p_value = rank_p_value(base, cur)
+    offset = 0.0 if interleaved else (run_noise or 0.0)
+    if not interleaved and run_noise:
+        from scipy.stats import norm
 
-    if len(baseline) == 0 or len(current) == 0:
-        return math.nan, None, "inconclusive"
-    base_median = float(np.median(baseline))
-    cur_median = float(np.median(current))
-    ratio = cur_median / base_median if base_median > 0 else math.inf
-    if np.array_equal(np.sort(baseline), np.sort(current)):
-        p_value = 1.0  # mannwhitneyu warns on all-tied input; identical series are not a change
-    else:
-        p_value = float(mannwhitneyu(current, baseline, alternative="two-sided").pvalue)
-    large = abs(ratio - 1.0) > threshold
-    if min_p_value(len(baseline), len(current)) >= alpha:
+        within = _pooled_sd(base_log, cur_log) or 0.0
+        se = math.sqrt(within**2 * (1 / len(base) + 1 / len(cur)) + 2 * run_noise**2)
+        p_value = max(p_value, float(2 * norm.sf(abs(math.log(ratio)) / se)))
+    detectable = detectable_slowdown(len(base), len(cur), _pooled_sd(base_log, cur_log),
+                                     offset, alpha)
+    large = ratio > 1 + threshold or ratio < 1 / (1 + threshold)
+    if min_p_value(len(base), len(cur)) >= alpha:
         verdict = "inconclusive"
+        reason = (f"{len(base)} against {len(cur)} rounds cannot reach p < {alpha:g} "
+                  "(5 or more per side can)")
+    elif large and p_value < alpha and not interleaved and run_noise is None:
+        verdict = "inconclusive"
+        reason = ("separate runs: run-to-run drift unknown (compare interleaved sides, keep 3+ "
+                  "runs of these cases in the store, or pass --run-noise)")
     elif large and p_value < alpha:
-        verdict = "slower" if ratio > 1.0 else "faster"
+        verdict, reason = ("slower" if ratio > 1 else "faster"), ""
     elif large:
+        verdict, reason = "inconclusive", f"a {ratio - 1:+.0%} change, not significant"
+    elif detectable > MISS_FACTOR * threshold:
         verdict = "inconclusive"
+        reason = f"too noisy: could miss a {detectable:.0%} slowdown"
     else:
-        verdict = "same"
-    return ratio, p_value, verdict
+        verdict, reason = "same", ""
+    return dict(ratio=ratio, ci_low=ci_low, ci_high=ci_high, p_value=p_value,
+                detectable=detectable, verdict=verdict, reason=reason)
 
 
-def _series(result: CaseResult) -> list[tuple[str, tuple[float, ...]]]:
-    """(stage, samples) for end-to-end then every timed stage, in execution order."""
-    out = [(END_TO_END, result.end_to_end_samples_ms)]
-    out += [(s.name, s.samples_ms) for s in result.stages if s.samples_ms]
+# -- cases ----------------------------------------------------------------------------------------
+
+
+def round_values(results: Iterable[CaseResult]) -> dict[str, dict[str, list[float]]]:
+    """{identity key: {stage or end_to_end: [one median per round, in round order]}} of the
+    ``ok`` results; a single-round run gives one value per stage."""
+    out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in sorted((r for r in results if r.status == "ok"), key=lambda r: r.spec.round):
+        key = identity_key(r.spec)
+        if r.end_to_end is not None:
+            out[key][END_TO_END].append(r.end_to_end.median_ms)
+        for s in r.stages:
+            if s.timing is not None and s.timing.median_ms > 0:
+                out[key][s.name].append(s.timing.median_ms)
+    return out
+
+
+def _deterministic(result: CaseResult) -> dict[tuple[str, str], float | int]:
+    out: dict[tuple[str, str], float | int] = {(END_TO_END, "params"): result.params_total,
+                                               (END_TO_END, "flops"): result.flops_total}
+    for s in result.stages:
+        out[(s.name, "params")] = s.params
+        out[(s.name, "flops")] = s.flops
+        for name, value in s.workload.items():
+            out[(s.name, f"workload:{name}")] = value
     return out
 
 
@@ -97,46 +305,74 @@ def compare_cases(
     *,
     threshold: float = 0.10,
     alpha: float = 0.01,
+    interleaved: bool = False,
+    run_noise: float | dict[tuple[str, str], float] | None = None,
     what: str = "the two result sets",
-) -> list[StageComparison]:
-    """Compare cases matched by case key (model, batch, input, precision, device).
+    baseline_label: str = "baseline",
+    current_label: str = "current",
+) -> Comparison:
+    """Compare cases matched by identity (model, batch, input, precision, device, mode...).
 
-    Only cases that are ``ok`` on both sides are compared. Raises ValueError when none match.
+    ``run_noise`` is one value or one per (identity, stage). Raises ValueError when no case is
+    ``ok`` on both sides.
     """
-    base = {case_key(r.spec): r for r in baseline if r.status == "ok"}
-    out: list[StageComparison] = []
-    matched = 0
-    for result in current:
-        key = case_key(result.spec)
-        old = base.get(key)
-        if old is None or result.status != "ok":
-            continue
-        matched += 1
-        old_series = dict(_series(old))
-        for stage, samples in _series(result):
-            before = old_series.get(stage, ())
-            if not before or not samples:
-                continue
-            ratio, p_value, verdict = compare_samples(
-                before, samples, threshold=threshold, alpha=alpha
-            )
-            out.append(
-                StageComparison(
-                    model=result.spec.model,
-                    case_key=key,
-                    stage=stage,
-                    baseline_ms=float(np.median(before)),
-                    current_ms=float(np.median(samples)),
-                    ratio=ratio,
-                    p_value=p_value,
-                    verdict=verdict,
-                    n_baseline=len(before),
-                    n_current=len(samples),
-                )
-            )
-    if matched == 0:
+    baseline, current = list(baseline), list(current)
+    base_rounds, cur_rounds = round_values(baseline), round_values(current)
+    base_last = {identity_key(r.spec): r for r in baseline if r.status == "ok"}
+    cur_last = {identity_key(r.spec): r for r in current if r.status == "ok"}
+    common = [k for k in cur_rounds if k in base_rounds]
+    if not common:
         raise ValueError(f"{what} have no successful cases in common (same model, batch size, "
-                         "input size, precision and device)")
+                         "input size, precision, device and mode)")
+    stages: list[StageComparison] = []
+    changes: list[DeterministicChange] = []
+    for key in common:
+        result = cur_last[key]
+        parents = {s.name: s.parent for s in result.stages}
+        for stage, values in cur_rounds[key].items():
+            before = base_rounds[key].get(stage)
+            if not before:
+                continue
+            noise = run_noise.get((key, stage)) if isinstance(run_noise, dict) else run_noise
+            stats = compare_rounds(before, values, threshold=threshold, alpha=alpha,
+                                   interleaved=interleaved, run_noise=noise)
+            stages.append(StageComparison(
+                model=result.spec.model, case_key=key, stage=stage,
+                baseline_ms=float(np.median(before)), current_ms=float(np.median(values)),
+                n_baseline=len(before), n_current=len(values), parent=parents.get(stage),
+                **stats))
+        old, new = _deterministic(base_last[key]), _deterministic(result)
+        for (stage, what_changed) in sorted(set(old) | set(new)):
+            a, b = old.get((stage, what_changed)), new.get((stage, what_changed))
+            if a != b:
+                changes.append(DeterministicChange(result.spec.model, key, stage, what_changed,
+                                                   a, b))
+    return Comparison(
+        baseline_label=baseline_label, current_label=current_label, stages=stages,
+        changes=changes, interleaved=interleaved, threshold=threshold, alpha=alpha,
+        run_noise=run_noise if isinstance(run_noise, float) else None,
+        only_baseline=sorted(set(base_rounds) - set(cur_rounds)),
+        only_current=sorted(set(cur_rounds) - set(base_rounds)))
+
+
+def estimate_run_noise(runs: Sequence[Sequence[CaseResult]]) -> dict[tuple[str, str], float]:
+    """Run-level noise per (identity, stage) from three or more separate runs of the same cases:
+    the standard deviation of the runs' mean log round medians less what their within-run spread
+    explains (a one-way random-effects estimate), floored at 0."""
+    per: dict[tuple[str, str], list[tuple[float, float, int]]] = defaultdict(list)
+    for results in runs:
+        for key, stages in round_values(results).items():
+            for stage, values in stages.items():
+                logs = np.log(values)
+                var = float(logs.var(ddof=1)) if len(logs) > 1 else 0.0
+                per[(key, stage)].append((float(logs.mean()), var, len(logs)))
+    out = {}
+    for k, rows in per.items():
+        if len(rows) < 3:
+            continue
+        means = np.array([m for m, _, _ in rows])
+        within = float(np.mean([v / n for _, v, n in rows]))
+        out[k] = math.sqrt(max(0.0, float(means.var(ddof=1)) - within))
     return out
 
 
@@ -147,14 +383,17 @@ def compare_runs(
     threshold: float = 0.10,
     alpha: float = 0.01,
 ) -> list[StageComparison]:
-    """Compare two stored runs per case and stage; unknown ids raise the store's KeyError."""
+    """Compare two stored runs per case and stage (the report's baseline section); the
+    run-level noise comes from the store's other runs of the same cases where it can."""
+    from vlbench.gate import history_noise
+
+    base, cur = store.cases(baseline_id), store.cases(current_id)
     return compare_cases(
-        store.cases(baseline_id),
-        store.cases(current_id),
-        threshold=threshold,
-        alpha=alpha,
+        base, cur, threshold=threshold, alpha=alpha,
+        run_noise=history_noise(store, exclude=(current_id,), cases=cur,
+                                host=store.get_run(current_id).host) or None,
         what=f"baseline run {baseline_id} and run {current_id}",
-    )
+    ).stages
 
 
 def ranked(comparisons: Iterable[StageComparison]) -> list[StageComparison]:

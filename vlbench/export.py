@@ -50,6 +50,10 @@ mode               str         execution mode: eager, compile (torch.compile) or
                                stages carry FLOPs and parameters, no timing)
 threads            int|null    torch CPU threads the case set (a thread sweep); null: the run's
                                setting (``settings.threads`` records the count in force)
+round              int         round of ``--rounds`` (0-based), each in fresh worker processes
+side               str|null    ``A`` (baseline) or ``B`` (current) in an interleaved A/B run
+task               str|null    null: one forward; ``retrieval-t2i``/``retrieval-i2t``: ranking a
+                               gallery of ``batch_size`` candidates
 status             str         ok, oom or error
 message            str         why a case is not ok; empty when ok
 end_to_end         timing|null end-to-end latency of one forward; null when not ok
@@ -143,6 +147,9 @@ _CASE_COLUMNS = (
     "device",
     "mode",
     "threads",
+    "round",
+    "side",
+    "task",
     "status",
     "message",
 )
@@ -218,6 +225,9 @@ def case_row(result: CaseResult) -> dict[str, Any]:
         "device": spec.device,
         "mode": spec.mode,
         "threads": spec.threads,
+        "round": spec.round,
+        "side": spec.side,
+        "task": spec.task,
         "status": result.status,
         "message": result.message,
         "end_to_end": _timing(result.end_to_end, result.end_to_end_samples_ms) if ok else None,
@@ -273,6 +283,9 @@ def _flat_rows(export: dict[str, Any]) -> list[dict[str, Any]]:
                 "device": case["device"],
                 "mode": case.get("mode", "eager"),
                 "threads": case.get("threads"),
+                "round": case.get("round", 0),
+                "side": case.get("side"),
+                "task": case.get("task"),
                 "status": case["status"],
                 "message": case["message"],
             }
@@ -346,3 +359,45 @@ def to_dataframe(
             wanted = set(run_ids)
             export = {**export, "runs": [r for r in export["runs"] if r["id"] in wanted]}
     return pd.DataFrame.from_records(_flat_rows(export), columns=list(CSV_COLUMNS))
+
+
+def case_from_row(row: dict[str, Any]) -> CaseResult:
+    """A case of an export back as a ``CaseResult``: what ``vlbench compare FILE.json`` reads.
+    Timing fields an export does not carry per stage (mean, confidence interval) read NaN."""
+    from vlbench.results import CaseSpec, StageResult
+
+    spec = CaseSpec(model=row["model"], batch_size=row["batch_size"],
+                    image_size=(row["image_size"][0], row["image_size"][1]),
+                    text_len=row["text_len"], precision=row["precision"], device=row["device"],
+                    mode=row.get("mode", "eager"), threads=row.get("threads"),
+                    round=row.get("round", 0), side=row.get("side"), task=row.get("task"))
+
+    def summary(t: dict[str, Any]) -> Summary | None:
+        if not t or t.get("median_ms") is None:
+            return None
+        nan = float("nan")
+        return Summary(median_ms=t["median_ms"], iqr_ms=t.get("iqr_ms", nan),
+                       p90_ms=t.get("p90_ms", nan), mean_ms=t.get("mean_ms", nan),
+                       cv=t.get("cv", nan), n=t.get("n", 0), ci_low_ms=t.get("ci_low_ms", nan),
+                       ci_high_ms=t.get("ci_high_ms", nan),
+                       ci_coverage=t.get("ci_coverage", nan), unstable=t.get("unstable", False))
+
+    stages = tuple(
+        StageResult(name=name, kind=st["kind"], parent=st["parent"], timing=summary(st),
+                    calls=st["calls"], flops=st["flops"], params=st["params"],
+                    peak_mem_bytes=st.get("peak_mem_bytes"),
+                    samples_ms=tuple(st.get("samples_ms", ())),
+                    host_sync=st.get("host_sync", False), workload=dict(st.get("workload", {})),
+                    achieved_flops_per_s=st.get("achieved_flops_per_s"),
+                    peak_share=st.get("peak_share"))
+        for name, st in row["stages"].items())
+    e2e = row.get("end_to_end") or {}
+    return CaseResult(spec=spec, status=row["status"], message=row.get("message", ""),
+                      embedder=row.get("embedder", ""), fusion=row.get("fusion", ""),
+                      tokens=dict(row.get("tokens", {})), end_to_end=summary(e2e),
+                      end_to_end_samples_ms=tuple(e2e.get("samples_ms", ())),
+                      stage_sum_ms=row.get("stage_sum_ms"), stages=stages,
+                      flops_total=row.get("flops_total", 0),
+                      params_total=row.get("params_total", 0),
+                      peak_mem_bytes=row.get("peak_mem_bytes"),
+                      settings=dict(row.get("settings", {})), wall_s=row.get("wall_s", 0.0))

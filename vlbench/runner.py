@@ -15,7 +15,7 @@ import gc
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -90,6 +90,24 @@ class CaseOptions:
     allow_shared: bool = False
     #: user plugin files loaded (vlbench.plugins) in every process that builds models
     plugins: tuple[str, ...] = ()
+    #: Python interpreter of the worker processes; None: this one
+    python: str | None = None
+    #: interleaved A/B runs: side A's plugin files and interpreter (side B uses ``plugins`` and
+    #: ``python``); both None: not an A/B run
+    baseline_plugins: tuple[str, ...] | None = None
+    baseline_python: str | None = None
+
+    @property
+    def interleaved(self) -> bool:
+        return self.baseline_plugins is not None or self.baseline_python is not None
+
+    def for_side(self, side: str | None) -> CaseOptions:
+        """The options side ``"A"`` (baseline) or ``"B"``/None (current) measures with."""
+        if side != "A":
+            return self
+        return replace(self, plugins=self.plugins if self.baseline_plugins is None
+                       else self.baseline_plugins,
+                       python=self.baseline_python or self.python)
 
     def settings(self) -> dict[str, Any]:
         """The run-settings entries that ``from_settings`` reads back."""
@@ -98,7 +116,11 @@ class CaseOptions:
                 "memory_budget_bytes": self.memory_budget,
                 "compile_backend": self.compile_backend, "trace_dir": self.trace_dir,
                 "executor": self.executor, "ray_address": self.ray_address,
-                "allow_shared": self.allow_shared, "plugins": list(self.plugins)}
+                "allow_shared": self.allow_shared, "plugins": list(self.plugins),
+                "python": self.python,
+                "baseline_plugins": (None if self.baseline_plugins is None
+                                     else list(self.baseline_plugins)),
+                "baseline_python": self.baseline_python}
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any]) -> CaseOptions:
@@ -112,7 +134,11 @@ class CaseOptions:
                    executor=settings.get("executor", "local"),
                    ray_address=settings.get("ray_address"),
                    allow_shared=bool(settings.get("allow_shared", False)),
-                   plugins=tuple(settings.get("plugins", ())))
+                   plugins=tuple(settings.get("plugins", ())),
+                   python=settings.get("python"),
+                   baseline_plugins=(None if settings.get("baseline_plugins") is None
+                                     else tuple(settings["baseline_plugins"])),
+                   baseline_python=settings.get("baseline_python"))
 
 
 def apply_threads(threads: int | None) -> None:
@@ -302,7 +328,7 @@ def _oom_key(spec: CaseSpec) -> tuple:
     """Cases that differ only in batch size: one model at one input, precision, device, mode
     and thread count."""
     return (spec.model, tuple(spec.image_size), spec.text_len, spec.precision, spec.device,
-            spec.mode, spec.threads)
+            spec.mode, spec.threads, spec.side, spec.task)
 
 
 @dataclass
@@ -353,6 +379,11 @@ def run_cases(
         from .worker import run_isolated
 
         return run_isolated(cutoff.cases(cases), options, noted, before=before)
+    if options.interleaved:
+        raise ValueError("an interleaved A/B run needs worker processes for its two sides")
+    from .plugins import load_plugins
+
+    load_plugins(options.plugins)
     apply_threads(options.threads)
     results = []
     for spec in cutoff.cases(cases):

@@ -32,19 +32,25 @@ started the worker: start workers from a thread that lives as long as the run, a
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
 import dataclasses
+import json
 import multiprocessing
 import os
 import resource
 import signal
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+from .plugins import load_plugins
 from .results import CaseResult, CaseSpec
 from .runner import CaseOptions, apply_threads, run_case
 
@@ -84,15 +90,61 @@ def format_budget(nbytes: int) -> str:
     return f"{nbytes / 2**30:.2f} GiB"
 
 
-class Worker:
-    """One spawned process that measures cases until one fails."""
+class _ForeignProcess:
+    """A worker started with another Python interpreter (``--baseline-python``), behind the few
+    methods ``Worker`` uses of ``multiprocessing.Process``. Not spawned through multiprocessing:
+    spawn hands the child this interpreter's ``sys.path``, which would import this environment's
+    packages into the other one."""
 
-    def __init__(self, options: CaseOptions) -> None:
-        self._conn, child = _SPAWN.Pipe()
-        self.process = _SPAWN.Process(target=_serve, args=(child, options, os.getpid()),
-                                      name="vlbench-worker", daemon=True)
-        self.process.start()
-        child.close()  # only the worker holds its end: its death reads as end-of-file here
+    def __init__(self, python: str, options: CaseOptions) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        command = [python, "-m", "vlbench.worker", "--fd", str(child_sock.fileno()),
+                   "--parent", str(os.getpid()), "--options", json.dumps(options.settings())]
+        try:
+            self._popen = subprocess.Popen(command, pass_fds=[child_sock.fileno()],
+                                           stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+        except OSError as exc:
+            parent_sock.close()
+            raise ValueError(f"cannot start worker with {python}: {exc.strerror or exc}") from None
+        finally:
+            child_sock.close()
+        self.connection = Connection(parent_sock.detach())
+        self.sentinel = os.pidfd_open(self._popen.pid)
+        self.pid = self._popen.pid
+
+    @property
+    def exitcode(self) -> int | None:
+        return self._popen.poll()  # negative: killed by that signal, as multiprocessing says
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def join(self, timeout: float | None = None) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._popen.wait(timeout)
+        if self._popen.poll() is not None and self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self._popen.kill()
+
+
+class Worker:
+    """One worker process that measures cases until one fails: spawned from this interpreter,
+    or started with ``python`` (another environment with vlbench installed)."""
+
+    def __init__(self, options: CaseOptions, python: str | None = None) -> None:
+        if python is not None:
+            self.process: Any = _ForeignProcess(python, options)
+            self._conn = self.process.connection
+        else:
+            self._conn, child = _SPAWN.Pipe()
+            self.process = _SPAWN.Process(target=_serve, args=(child, options, os.getpid()),
+                                          name="vlbench-worker", daemon=True)
+            self.process.start()
+            child.close()  # only the worker holds its end: its death reads as end-of-file here
         self.ready = False
 
     @property
@@ -105,7 +157,8 @@ class Worker:
         with contextlib.suppress(EOFError, OSError):  # OSError: BrokenPipeError, a dead worker
             self._conn.send(dict(spec.__dict__))
             while True:
-                wait([self._conn, self.process.sentinel])
+                wait([self._conn, *([self.process.sentinel]
+                                    if self.process.sentinel >= 0 else [])])
                 if not self._conn.poll():
                     break  # exited with nothing left to read
                 kind, payload = self._conn.recv()
@@ -144,15 +197,24 @@ def run_isolated(
     on_result: Callable[[CaseResult], None],
     before: Callable[[CaseSpec], None] | None = None,
 ) -> list[CaseResult]:
-    """``run_cases`` in worker processes: one reused while healthy, replaced after a failure."""
+    """``run_cases`` in worker processes: one reused while healthy, replaced after a failure.
+    Each round of ``--rounds`` and each side of an interleaved A/B run starts a fresh worker
+    (with that side's plugins and interpreter), so run-to-run variance is measured, not hidden
+    by one warm process."""
     results: list[CaseResult] = []
     worker: Worker | None = None
+    group: tuple[int, str | None] | None = None
     try:
         for spec in cases:
             if before is not None:
                 before(spec)
+            if worker is not None and (spec.round, spec.side) != group:
+                worker.close()
+                worker = None
             if worker is None:
-                worker = Worker(options)
+                side_options = options.for_side(spec.side)
+                worker = Worker(side_options, python=side_options.python)
+                group = (spec.round, spec.side)
             result = worker.run(spec)
             on_result(result)  # committed before anything else can go wrong
             results.append(result)
@@ -176,6 +238,7 @@ def _serve(conn: Connection, options: CaseOptions, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
     _die_with_parent(parent_pid)
     apply_threads(options.threads)
+    load_plugins(options.plugins)  # a plugin that fails to load fails every case, visibly
     if options.memory_budget is not None:
         _limit_data(options.memory_budget)
     conn.send(("ready", os.getpid()))
@@ -208,3 +271,19 @@ def _limit_data(nbytes: int) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_DATA)
     soft = nbytes if hard == resource.RLIM_INFINITY else min(nbytes, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m vlbench.worker``: a worker started by another environment's vlbench
+    (``--baseline-python``), talking over the socket it inherited."""
+    parser = argparse.ArgumentParser(prog="python -m vlbench.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--options", required=True, help="CaseOptions.settings() as JSON")
+    args = parser.parse_args(argv)
+    options = CaseOptions.from_settings(json.loads(args.options))
+    _serve(Connection(args.fd), options, args.parent)
+
+
+if __name__ == "__main__":
+    main()
