@@ -12,6 +12,10 @@ tiny preset) into three stores under DIR, continuing where it stopped:
 * ``trials.db``: ``--trials`` interleaved A/B runs, side B's plugin copy doing one more MLP pass in
   ``visual.refine`` (a stage of a few milliseconds here) and nothing else.
 
+Every run uses one torch thread: on a 2-core machine shared with other work, a two-thread pool
+waits at every barrier for a descheduled thread, and a first attempt with the default two threads
+saw round medians of one case vary 60-fold while other jobs ran.
+
 ``analyze`` compares consecutive sequential runs (run-level noise from the store's other runs, as
 ``vlbench compare`` does), each A/A run's sides, and each trial's sides; fits a noise model to the
 round medians (per stage: run-level offset sd, within-run sd and lag-1 autocorrelation, on the log
@@ -34,13 +38,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vlbench.compare import compare_cases, compare_rounds, round_values
+from vlbench.compare import compare_cases, compare_rounds, detectable_slowdown, round_values
 from vlbench.gate import history_noise
 from vlbench.store import Store
 
 PLUGIN = Path(__file__).resolve().parents[1] / "docs" / "examples" / "vlbench_plugin_example.py"
 MODELS = "conv-stem-vilt,vilt-b32-tiny"
-TIMING = ["--repeats", "10", "--min-time", "0.1", "--warmup", "2"]
+TIMING = ["--repeats", "10", "--min-time", "0.1", "--warmup", "2", "--threads", "1"]
 SLOWDOWN = 0.15
 EXTRA_STAGE = "visual.refine"
 
@@ -140,16 +144,22 @@ def fit_noise(out: Path) -> dict[str, dict[str, float]]:
         runs = [r for r in runs if len(r) >= 3]
         if len(runs) < 3:
             continue
-        within = float(np.sqrt(np.mean([r.var(ddof=1) for r in runs])))
-        means = np.array([r.mean() for r in runs])
+        # robust scales (MAD): one round of a contended machine must not set the noise level
+        within = float(np.median([_mad_sd(r) for r in runs]))
+        means = np.array([float(np.median(r)) for r in runs])
         n = np.mean([len(r) for r in runs])
-        offset = math.sqrt(max(0.0, float(means.var(ddof=1)) - within**2 / n))
+        offset = math.sqrt(max(0.0, _mad_sd(means) ** 2 - within**2 / n))
         centred = [r - r.mean() for r in runs]
         num = sum(float((c[1:] * c[:-1]).sum()) for c in centred)
         den = sum(float((c * c).sum()) for c in centred)
         phi = max(-0.9, min(0.9, num / den if den > 0 else 0.0))
         model[name] = {"offset_sd": offset, "within_sd": within, "phi": phi}
     return model
+
+
+def _mad_sd(values: np.ndarray) -> float:
+    """Standard deviation estimated from the median absolute deviation (normal consistency)."""
+    return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
 
 def _ar1(rng: np.random.Generator, n: int, sd: float, phi: float) -> np.ndarray:
@@ -202,8 +212,16 @@ def analyze(out: Path, json_path: Path, rounds: int, sim_trials: int) -> dict:
 
     trial_flags = [t["flagged"] for t in real["trials"]]
     extra = [f for f in sorted({f for fl in trial_flags for f in fl})]
+    by_rounds = {
+        n: {"interleaved_median": float(np.median([
+                detectable_slowdown(n, n, p["within_sd"], 0.0, 0.01) for p in noise.values()])),
+            "sequential_median": float(np.median([
+                detectable_slowdown(n, n, p["within_sd"], p["offset_sd"], 0.01)
+                for p in noise.values()]))}
+        for n in (4, 5, 6, 8, 10, 15, 20)} if noise else {}
     report = {
         "rounds": rounds,
+        "detectable_by_rounds": by_rounds,
         "real": real,
         "real_summary": {
             "sequential_comparisons": len(real["sequential"]),
@@ -247,6 +265,10 @@ def _print(report: dict) -> None:
                 "interleaved_15pct_detected"):
         print(f"  {key}: mean {s[key + '_mean']:.3f}, worst stage {s[key + '_worst']:.3f}")
     print(f"  sequential_15pct_detected: mean {s['sequential_15pct_detected_mean']:.3f}")
+    print("smallest detectable slowdown (median stage, fitted noise, alpha 0.01, 95% power):")
+    for n, d in report["detectable_by_rounds"].items():
+        print(f"  {n:>2} rounds per side: interleaved {d['interleaved_median']:.1%}, "
+              f"separate runs {d['sequential_median']:.1%}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from vlbench.cli import NO_ISOLATION_ENV, expand_rounds, main
 from vlbench.results import CaseSpec
+from vlbench.rounds import pool_rounds
 from vlbench.store import Store, case_key, identity_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +47,10 @@ def test_rounds_are_stored_apart(runs: Path) -> None:
     assert len({case_key(c.spec) for c in cases}) == 5
     assert len({identity_key(c.spec) for c in cases}) == 1
     assert settings["rounds"] == 5 and settings["interleaved"] is False
+    pooled = pool_rounds(cases)  # what the run's table and the report show: one row per case
+    assert len(pooled) == 1 and pooled[0].settings["rounds"] == 5
+    assert len(pooled[0].settings["round_medians_ms"]) == 5
+    assert pooled[0].end_to_end.n == sum(c.end_to_end.n for c in cases)
 
 
 def test_expand_rounds_alternates_sides() -> None:
@@ -154,6 +159,12 @@ def test_interleaved_plugin_ab_flags_the_changed_stage(tmp_path: Path,
     assert flagged <= {"visual.refine", "visual", "end_to_end"}, table
     assert {(c["stage"], c["what"]) for c in data["changes"]} >= {("visual.refine", "flops")}
     assert main(["compare", "1:A", "1:B", "--db", str(db), "--fail-on-flops-change"]) == 1
+    # the report of the run shows both sides and their comparison, with the same verdicts
+    out = tmp_path / "ab.html"
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert "Interleaved A/B comparison" in page and "conv-stem-vilt [A]" in page
+    assert page.count('class="comparison-row"') == len(data["stages"])
 
 
 def test_ab_needs_workers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -161,3 +172,20 @@ def test_ab_needs_workers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
                  "--baseline-plugin", str(PLUGIN))
     assert "separate worker processes" in err
     assert "--rounds" in _error(capsys, "run", "--db", str(tmp_path / "x.db"), "--rounds", "0")
+
+
+def test_a_side_whose_plugin_breaks_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """Side A's plugin file fails to import in its worker: A's case is an error that says why,
+    B's case runs, and comparing the run is bad input (no case ok on both sides)."""
+    monkeypatch.delenv(NO_ISOLATION_ENV)
+    broken = tmp_path / "broken.py"
+    broken.write_text("raise RuntimeError('no such layer')\n")
+    db = tmp_path / "broken.db"
+    assert _run(db, "--models", "vilt-b32-tiny", "--baseline-plugin", str(broken)) == 0
+    with Store.open(db) as store:
+        by_side = {c.spec.side: c for c in store.cases(1)}
+    assert by_side["A"].status == "error" and "no such layer" in by_side["A"].message
+    assert by_side["B"].status == "ok"
+    capsys.readouterr()
+    assert "no successful cases in common" in _error(capsys, "compare", "1", "--db", str(db))

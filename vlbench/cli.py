@@ -429,6 +429,7 @@ def _resume_run(args: argparse.Namespace) -> int:
 def _execute(store: Store, run_id: int, cases, options, args: argparse.Namespace) -> int:  # noqa: ANN001
     """Measure into the store (vlbench.session), then print the run's table and report."""
     from .fit import fit_token_scaling, scaling_table
+    from .rounds import pool_rounds
     from .session import execute
     from .table import results_table
 
@@ -437,7 +438,8 @@ def _execute(store: Store, run_id: int, cases, options, args: argparse.Namespace
                           resume_hint=hint)
     if interrupted is not None:
         return interrupted
-    results = store.cases(run_id)  # after a resume: the whole run, last attempts
+    # after a resume: the whole run, last attempts; one row per case however many rounds
+    results = pool_rounds(store.cases(run_id))
     print(results_table(results))
     fits = fit_token_scaling(results)
     if fits:

@@ -238,7 +238,11 @@ def _serve(conn: Connection, options: CaseOptions, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent to handle
     _die_with_parent(parent_pid)
     apply_threads(options.threads)
-    load_plugins(options.plugins)  # a plugin that fails to load fails every case, visibly
+    try:  # a plugin that fails to load fails every case of this worker, with its message
+        load_plugins(options.plugins)
+        plugin_error = None
+    except Exception as exc:  # noqa: BLE001
+        plugin_error = str(exc)
     if options.memory_budget is not None:
         _limit_data(options.memory_budget)
     conn.send(("ready", os.getpid()))
@@ -250,7 +254,8 @@ def _serve(conn: Connection, options: CaseOptions, parent_pid: int) -> None:
         if message is None:
             return
         spec = CaseSpec(**{**message, "image_size": tuple(message["image_size"])})
-        result = run_case(spec, options)
+        result = (run_case(spec, options) if plugin_error is None
+                  else CaseResult(spec=spec, status="error", message=plugin_error))
         changes: dict[str, Any] = {"settings": {**result.settings, "worker_pid": os.getpid()}}
         if result.status == "oom" and options.memory_budget is not None:
             changes["message"] = (f"{result.message} (worker memory budget "
