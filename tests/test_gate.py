@@ -67,6 +67,7 @@ def test_compare_two_runs(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     # two separate runs and no history of run-to-run drift: never "slower"
     assert status == 0
     assert "run 1 (baseline) -> run 2 (current): separate runs" in out.out
+    assert "drift unknown" in out.out
     assert "smallest detectable slowdown" in out.out and "end_to_end" in out.out
     assert "SLOWER" not in out.out
     assert summary.read_text().startswith("## vlbench compare")
@@ -77,6 +78,21 @@ def test_compare_two_runs(runs: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     assert status == 0 and data["exit_status"] == 0 and not data["interleaved"]
     assert {s["stage"] for s in data["stages"]} >= {"end_to_end", "visual", "text", "fusion"}
     assert all(s["n_baseline"] == 5 and s["n_current"] == 5 for s in data["stages"])
+
+
+def test_separate_runs_take_drift_from_the_store(runs: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    """With three or more other runs of the same cases in the store, a comparison of separate
+    runs measures the run-to-run drift from them instead of calling it unknown."""
+    db = tmp_path / "history.db"
+    db.write_bytes(runs.read_bytes())
+    assert _run(db, "--models", "vilt-b32-tiny", "--rounds", "5") == 0
+    assert _run(db, "--models", "vilt-b32-tiny", "--rounds", "5") == 0
+    capsys.readouterr()
+    assert main(["compare", "1", "2", "--db", str(db)]) in (0, 1)
+    assert "drift from the store's other runs" in capsys.readouterr().out
+    assert main(["compare", "1", "2", "--db", str(db), "--run-noise", "0.05"]) in (0, 1)
+    assert "drift given: sd 5.0%" in capsys.readouterr().out
 
 
 def test_single_rounds_are_inconclusive_and_strict_fails(tmp_path: Path,

@@ -107,6 +107,8 @@ class Comparison:
     run_noise: float | None = None
     only_baseline: list[str] = field(default_factory=list)  # case identities on one side only
     only_current: list[str] = field(default_factory=list)
+    #: where the run-to-run drift of separate runs came from, for the printed summary
+    drift: str = ""
 
     def count(self, verdict: str) -> int:
         return sum(1 for c in self.stages if c.verdict == verdict)
@@ -347,8 +349,18 @@ def compare_cases(
             if a != b:
                 changes.append(DeterministicChange(result.spec.model, key, stage, what_changed,
                                                    a, b))
+    if interleaved:
+        drift = "interleaved rounds: drift cancels"
+    elif isinstance(run_noise, dict) and run_noise:
+        drift = (f"run-to-run drift from the store's other runs: median sd "
+                 f"{math.expm1(float(np.median(list(run_noise.values())))):.1%} "
+                 f"over {len(run_noise)} stage(s)")
+    elif isinstance(run_noise, float):
+        drift = f"run-to-run drift given: sd {math.expm1(run_noise):.1%}"
+    else:
+        drift = "run-to-run drift unknown (fewer than 3 other runs of these cases)"
     return Comparison(
-        baseline_label=baseline_label, current_label=current_label, stages=stages,
+        baseline_label=baseline_label, current_label=current_label, stages=stages, drift=drift,
         changes=changes, interleaved=interleaved, threshold=threshold, alpha=alpha,
         run_noise=run_noise if isinstance(run_noise, float) else None,
         only_baseline=sorted(set(base_rounds) - set(cur_rounds)),
