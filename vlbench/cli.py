@@ -265,7 +265,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .worker import choose_memory_budget
 
     suite = load_suite(args.suite or "latency")
-    device = _device(args.device or "auto")
+    # on Ray a GPU case runs on the cluster's GPUs: this driver need not have one
+    device = _device(args.device or "auto", remote=args.executor == "ray")
     image_size = _parse(parse_image_size, args.image_size) if args.image_size else None
     if args.text_len is not None and args.text_len <= 0:
         raise UsageError(f"--text-len must be a positive integer, got {args.text_len}")
@@ -319,7 +320,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     options = CaseOptions(timing=timing_options, head=args.head,
                           seed=0 if args.seed is None else args.seed,
                           threads=torch.get_num_threads(), isolated=isolated,
-                          memory_budget=choose_memory_budget(isolated, device, args.memory_budget),
+                          # Ray: this machine's memory says nothing of the workers'
+                          memory_budget=(None if args.executor == "ray" and
+                                         args.memory_budget is None else
+                                         choose_memory_budget(isolated, device,
+                                                              args.memory_budget)),
                           compile_backend=args.compile_backend or None,
                           trace_dir=str(Path(args.trace).resolve()) if args.trace else None,
                           **_executor_options(args, device), **ab)
@@ -380,12 +385,33 @@ def _executor_options(args: argparse.Namespace, device: str) -> dict:
         from .ray_executor import check_ray_available
 
         check_ray_available()  # one line saying how to install it, exit 2
+        if args.address:
+            _check_reachable(args.address)
     return {"executor": executor, "ray_address": args.address,
             "allow_shared": bool(args.allow_shared)}
 
 
-def _device(name: str) -> str:
+def _check_reachable(address: str) -> None:
+    """A Ray address that nothing answers on is a one-line error now, not minutes inside Ray's
+    own connection retries ('auto' and addresses without a port are left to Ray)."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise UsageError(f"--address {address}: nothing answers there "
+                         f"({exc.strerror or exc})") from None
+
+
+def _device(name: str, remote: bool = False) -> str:
     from .runner import DeviceError, resolve_device
+
+    if remote and name.startswith("cuda"):
+        return name  # checked against the cluster: a case no node can take is recorded so
 
     try:
         return resolve_device(name)

@@ -19,9 +19,11 @@ from .store import identity_key
 def pool_rounds(results: list[CaseResult]) -> list[CaseResult]:
     """Results with the rounds of each (case, side) merged, in first-seen order; a single-round
     case is returned as it is. A case whose rounds all failed keeps its last failure."""
-    groups: dict[tuple[str, str | None], list[CaseResult]] = defaultdict(list)
-    for r in results:
-        groups[(identity_key(r.spec), r.spec.side)].append(r)
+    from .report.devices import device_name  # the report package imports this module
+
+    groups: dict[tuple[str, str | None, str], list[CaseResult]] = defaultdict(list)
+    for r in results:  # never across devices (a Ray run over mixed GPUs)
+        groups[(identity_key(r.spec), r.spec.side, device_name(r))].append(r)
     return [_merge(group) if len(group) > 1 else group[0] for group in groups.values()]
 
 

@@ -36,7 +36,8 @@ def execute(store: Store, run_id: int, cases: Sequence[CaseSpec], options: CaseO
     def record(result: CaseResult) -> None:
         store.add_case(run_id, result)
         progress.set_postfix_str(f"{result.spec.model} {result.status}")
-        progress.update(1)
+        if progress.n < progress.total:  # a resubmitted case (Ray) reports twice
+            progress.update(1)
 
     def announce(spec: CaseSpec) -> None:
         progress.set_description(f"{spec.model} b{spec.batch_size} {spec.precision}")
