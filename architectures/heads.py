@@ -30,3 +30,16 @@ class VQAHead(nn.Module):
 
 def build_head(config: VQAHeadConfig, *, in_dim: int) -> nn.Module:
     return VQAHead(in_dim=in_dim, hidden=config.hidden, answers=config.answers)
+
+
+class MatchHead(nn.Module):
+    """Image-text matching (ITM): Linear(D, 2) on the pooled output, as UNITER and ViLT rank a
+    retrieval gallery; a pair's score is its "match" logit. Not part of any preset's forward:
+    only the retrieval steps (``architectures.retrieval``) use it."""
+
+    def __init__(self, *, in_dim: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(in_dim, 2)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pooled)[:, 1]  # (B,) the match logit

@@ -109,6 +109,31 @@ class VLModel(nn.Module):
         mask = torch.ones(batch_size, text_len, dtype=torch.long)
         return visual.to(device, dtype), ids.to(device), mask.to(device)
 
+    @torch.no_grad()
+    def example_images(self, batch_size: int, image_size: tuple[int, int], *,
+                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                       seed: int = 0) -> Any:
+        """``example_inputs``' visual side alone (a retrieval gallery of images needs no texts)."""
+        gen = torch.Generator().manual_seed(seed)
+        make = getattr(self.visual, "example_input", None)
+        if make is not None:
+            return make(batch_size, image_size, gen).to(device, dtype)
+        pixels = torch.randn(batch_size, 3, *image_size, generator=gen)
+        step = getattr(self.visual, "size_divisibility", 1)
+        return ImageBatch.from_images(list(pixels), size_divisibility=step).to(device, dtype)
+
+    @torch.no_grad()
+    def example_texts(self, batch_size: int, text_len: int, *, device: torch.device | str = "cpu",
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``example_inputs``' text side alone: token ids (B, L), every token real, the last the
+        highest id (CLIP's end of text), and the attention mask (B, L)."""
+        gen = torch.Generator().manual_seed(seed)
+        vocab = self.text.vocab_size
+        ids = torch.randint(1, vocab - 1, (batch_size, text_len), generator=gen)
+        ids[:, -1] = vocab - 1
+        mask = torch.ones(batch_size, text_len, dtype=torch.long)
+        return ids.to(device), mask.to(device)
+
     def num_tokens(self, image_size: tuple[int, int], text_len: int) -> dict[str, int]:
         """Token counts the fusion sees for one image-text pair."""
         counter = getattr(self.visual, "num_tokens", None)

@@ -5,16 +5,31 @@ built-in ones; a broken plugin is a one-line error."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import vlbench.plugins as plugins
-from architectures import PRESETS
+from architectures import FUSIONS, PRESETS
+from feature_extractors import EMBEDDERS
 from vlbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = str(REPO / "docs" / "examples" / "vlbench_plugin_example.py")
+
+
+@pytest.fixture(autouse=True)
+def _registries_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """What a test's plugins register is gone afterwards: other tests list every preset."""
+    saved = [(r, dict(r._items)) for r in (PRESETS, EMBEDDERS, FUSIONS)]
+    monkeypatch.setattr(plugins, "_loaded_files", {})
+    yield
+    for registry, items in saved:
+        registry._items.clear()
+        registry._items.update(items)
+    for name in [m for m in sys.modules if m.startswith("vlbench_plugin_")]:
+        del sys.modules[name]
 
 
 def test_plugin_model_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

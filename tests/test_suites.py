@@ -51,7 +51,7 @@ def test_every_builtin_suite_loads_from_any_directory(
     TimingOptions(**suite.timing)  # the suite's timing overrides are valid options
     cases = suite.cases("cpu")
     assert len(cases) == (len(suite.models) * len(suite.batch_sizes) * len(suite.precisions)
-                          * len(suite.modes) * len(suite.threads))
+                          * len(suite.modes) * len(suite.threads) * len(suite.tasks))
 
 
 def test_builtin_suite_is_not_shadowed_by_a_directory_of_the_same_name(

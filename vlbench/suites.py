@@ -10,6 +10,12 @@ a model's larger batch sizes once one is out of memory (``vlbench.runner.OomCuto
 ``modes`` lists execution modes (eager, compile, cudagraphs; default eager); ``threads`` is a
 list of CPU thread counts or ``all`` (1 up to the cores this process may use), one case each;
 without it every case uses the run's thread count.
+
+``tasks`` makes a suite time something other than one forward: ``retrieval-t2i`` and
+``retrieval-i2t`` rank a gallery (``vlbench.retrieval``). Such a suite names its gallery sizes
+``gallery_sizes`` (a list, or ``{double_from: N, max: M}``; they are the cases' ``batch_size``, so
+``--batch-sizes`` overrides them) and may give larger ones for GPU runs as
+``gallery_sizes_cuda``.
 """
 
 from __future__ import annotations
@@ -50,25 +56,34 @@ class Suite:
     modes: tuple[str, ...] = ("eager",)
     #: thread counts to sweep; (None,): the run's setting
     threads: tuple[int | None, ...] = (None,)
+    #: what each case times: (None,) one forward; retrieval tasks rank a gallery of batch_size
+    tasks: tuple[str | None, ...] = (None,)
+    #: batch (gallery) sizes for CUDA devices, where they differ; None: ``batch_sizes``
+    cuda_batch_sizes: tuple[int, ...] | None = None
 
     def cases(self, device: str) -> list[CaseSpec]:
+        sizes = self.batch_sizes
+        if device.startswith("cuda") and self.cuda_batch_sizes is not None:
+            sizes = self.cuda_batch_sizes
         out = []
         for entry in self.models:
             preset = resolve_preset(entry.model)
-            for batch in self.batch_sizes:
-                for precision in self.precisions:
-                    for mode in self.modes:
-                        for threads in self.threads:
-                            out.append(CaseSpec(
-                                model=entry.model,
-                                batch_size=batch,
-                                image_size=entry.image_size or preset.image_size,
-                                text_len=entry.text_len or preset.text_len,
-                                precision=precision,
-                                device=device,
-                                mode=mode,
-                                threads=threads,
-                            ))
+            for task in self.tasks:
+                for batch in sizes:
+                    for precision in self.precisions:
+                        for mode in self.modes:
+                            for threads in self.threads:
+                                out.append(CaseSpec(
+                                    model=entry.model,
+                                    batch_size=batch,
+                                    image_size=entry.image_size or preset.image_size,
+                                    text_len=entry.text_len or preset.text_len,
+                                    precision=precision,
+                                    device=device,
+                                    mode=mode,
+                                    threads=threads,
+                                    task=task,
+                                ))
         return out
 
 
@@ -135,7 +150,7 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
     if not isinstance(data, dict):
         raise SuiteError(f"suite {source}: expected a mapping with a 'models' list")
     unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing",
-                           "modes", "threads"}
+                           "modes", "threads", "tasks", "gallery_sizes", "gallery_sizes_cuda"}
     if unknown:
         raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     try:
@@ -144,7 +159,8 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
             raise ValueError("'models' must be a non-empty list")
         for entry in models:
             resolve_preset(entry.model)
-        batches = _batch_sizes(data.get("batch_sizes"))
+        tasks = parse_tasks(data.get("tasks"))
+        batches, cuda_batches = _sizes(data, tasks)
         precisions = tuple(_list(data, "precisions", ["fp32"]))
         for p in precisions:
             check_precision(p)
@@ -164,7 +180,38 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         timing=timing,
         modes=modes,
         threads=threads,
+        tasks=tasks,
+        cuda_batch_sizes=cuda_batches,
     )
+
+
+def parse_tasks(value: Any) -> tuple[str | None, ...]:
+    """``tasks``: missing (one forward per case) or a list of retrieval tasks, no repeats."""
+    from .retrieval_cost import TASKS
+
+    if value is None:
+        return (None,)
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'tasks' must be a non-empty list, got {value!r}")
+    for task in value:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"'tasks' lists a task twice: {', '.join(value)}")
+    return tuple(value)
+
+
+def _sizes(data: dict, tasks: tuple[str | None, ...]) -> tuple[tuple[int, ...],
+                                                              tuple[int, ...] | None]:
+    """Batch sizes, or for a task suite its gallery sizes (and those for CUDA runs)."""
+    gallery = {k for k in ("gallery_sizes", "gallery_sizes_cuda") if k in data}
+    if gallery and tasks == (None,):
+        raise ValueError(f"{', '.join(sorted(gallery))} need 'tasks' (e.g. [retrieval-t2i])")
+    if "gallery_sizes" in data and "batch_sizes" in data:
+        raise ValueError("give 'gallery_sizes' or 'batch_sizes', not both")
+    key = "gallery_sizes" if "gallery_sizes" in data else "batch_sizes"
+    cuda = data.get("gallery_sizes_cuda")
+    return _batch_sizes(data.get(key)), _batch_sizes(cuda) if cuda is not None else None
 
 
 def parse_modes(values: list) -> tuple[str, ...]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
+from .report.devices import device_tags
 from .results import CaseResult, CaseSpec
 from .runner import STAGE_GAP_LIMIT, stage_gap
 
@@ -17,14 +19,19 @@ def _ms(value: float | None) -> str:
 def results_table(results: Sequence[CaseResult]) -> str:
     """One row per case: end-to-end, the stage sum, the top-level stages, the fusion's achieved
     GFLOP/s and share of the matmul peak, FLOPs, memory."""
+    if any(r.spec.task is not None for r in results):  # retrieval cases: a table of their own
+        plain = [r for r in results if r.spec.task is None]
+        tasks = "\n".join(retrieval_table([r for r in results if r.spec.task is not None]))
+        return f"{results_table(plain)}\n\n{tasks}" if plain else tasks
     header = (f"{'model':<26} {'b':>3} {'input':>13} {'how':<15} {'tokens':>8} {'e2e ms':>9} "
               f"{'cv':>6} {'sum ms':>9} {'visual':>8} {'text':>7} {'fusion':>8} "
               f"{'fus GF/s %pk':>12} {'GFLOPs':>8} {'params M':>9} {'peak MB':>8} "
               f"{'samples/s':>9}")
     lines = [header, "-" * len(header)]
     stops = []
-    for r in results:
-        s = r.spec
+    tags = device_tags(results)  # a run over several devices names each case's device
+    for r, tag in zip(results, tags, strict=True):
+        s = dataclasses.replace(r.spec, model=r.spec.model + tag)
         size = f"{s.image_size[0]}x{s.image_size[1]}+{s.text_len}"
         if r.status == "oom":
             stops.append(f"{s.model} {size}: stopped at batch {s.batch_size}: oom; "
@@ -80,3 +87,37 @@ def _achieved(result: CaseResult, name: str) -> str:
         return "-"
     share = f" {stage.peak_share:.0%}" if stage.peak_share is not None else ""
     return f"{stage.achieved_flops_per_s / 1e9:.1f}{share}"
+
+
+def retrieval_table(results: Sequence[CaseResult]) -> list[str]:
+    """Retrieval cases (``vlbench.retrieval``): one row per model, direction and gallery size N,
+    with the per-query time once the gallery is cached beside the offline gallery step; not
+    the forward table's columns, whose stage names and samples/s would mislead here."""
+    header = (f"{'model':<26} {'dir':<4} {'N':>6} {'input':>13} {'how':<6} {'query ms':>9} "
+              f"{'cv':>6} {'gallery ms':>11} {'ms/item':>8} {'gal batch':>9} "
+              f"{'pair batch':>10} {'GFLOPs/q':>8} {'params M':>9} {'peak MB':>8}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        s = r.spec
+        size = f"{s.image_size[0]}x{s.image_size[1]}+{s.text_len}"
+        where = f"{s.model:<26} {(s.task or '').removeprefix('retrieval-'):<4} {s.batch_size:>6}"
+        if r.status != "ok" or r.end_to_end is None:
+            lines.append(f"{where} {size:>13} {case_how(s):<6} {r.status.upper()}: {r.message}")
+            continue
+        info = r.settings.get("retrieval", {})
+        gallery = next((st.timing.median_ms for st in r.stages
+                        if st.name == "gallery" and st.timing), None)
+        pair = info.get("pair_batch")
+        peak = f"{r.peak_mem_bytes / 2**20:.0f}" if r.peak_mem_bytes else "-"
+        unstable = "*" if r.end_to_end.unstable else " "
+        lines.append(
+            f"{where} {size:>13} {case_how(s):<6} {_ms(r.end_to_end.median_ms):>8}{unstable} "
+            f"{r.end_to_end.cv:>6.1%} {_ms(gallery):>11} "
+            f"{_ms(r.end_to_end.median_ms / s.batch_size):>8} "
+            f"{info.get('gallery_batch', '-'):>9} {pair if pair is not None else '-':>10} "
+            f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8}")
+    lines += ["", "retrieval: query = ranking the N cached items for one query (medians, end to "
+              "end); gallery = the offline step, once per gallery (a dual encoder's embeddings, a "
+              "fusion model's embedder tokens); ms/item = query / N; batches: the largest that "
+              "fit, found by trying; * unstable (cv > 10%)"]
+    return lines

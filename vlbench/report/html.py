@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlbench import paper
-from vlbench.compare import StageComparison, compare_runs, ranked
+from vlbench.compare import StageComparison, compare_cases, compare_runs, ranked
 from vlbench.report.charts import Bar, Series, breakdown, category_of, report_charts
+from vlbench.report.devices import DeviceRow, device_rows, label_devices
+from vlbench.report.retrieval import RetrievalSection, retrieval_section
 from vlbench.results import CaseResult, StageResult, Summary
+from vlbench.rounds import pool_rounds
 from vlbench.runner import STAGE_GAP_LIMIT, stage_gap
 from vlbench.stats import UNSTABLE_CV
 from vlbench.store import RunRecord, Store, case_key
@@ -36,6 +39,8 @@ class Case:
     run_id: int
     result: CaseResult
     label: str
+    #: the device that measured it, only in runs spread over several (vlbench.report.devices)
+    device: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,11 +99,16 @@ class ReportData:
     failures: list[Case]
     comparisons: dict[int, list[StageComparison]] = field(default_factory=dict)
     baseline: int | None = None
+    interleaved: set[int] = field(default_factory=set)  # runs compared side A against side B
+    devices: list[DeviceRow] = field(default_factory=list)  # only for mixed-device runs
+    retrieval: RetrievalSection | None = None  # runs with retrieval cases
 
 
 def _spec_text(result: CaseResult) -> str:
     s = result.spec
-    return f"b{s.batch_size} {s.image_size[0]}x{s.image_size[1]}+{s.text_len} {s.precision}"
+    task = f" {s.task}" if s.task else ""  # a retrieval case: batch_size is the gallery's N
+    return (f"b{s.batch_size} {s.image_size[0]}x{s.image_size[1]}+{s.text_len} "
+            f"{s.precision}{task}")
 
 
 def _canonical(model: str) -> tuple[tuple[int, int], int] | None:
@@ -122,7 +132,7 @@ def _headline_cases(cases: list[Case]) -> list[Case]:
         if r.status != "ok" or r.end_to_end is None:
             continue
         s = r.spec
-        key = (case.run_id, s.model, s.precision, s.device)
+        key = (case.run_id, s.model, s.precision, s.device, case.device)
         rank = (s.batch_size, _canonical(s.model) != (tuple(s.image_size), s.text_len), order)
         if key not in chosen or rank < chosen[key][0]:
             chosen[key] = (rank, case)
@@ -142,6 +152,8 @@ def _label_cases(pairs: list[tuple[int, CaseResult]]) -> list[Case]:
         if len(per_model[r.spec.model]) > 1:
             s = r.spec
             label += f" {s.image_size[0]}x{s.image_size[1]}+{s.text_len} {s.precision}"
+        if r.spec.side is not None:  # an interleaved A/B run: A is the baseline side
+            label += f" [{r.spec.side}]"
         if multi_run:
             label += f" (run {run_id})"
         out.append(Case(run_id, r, label))
@@ -184,7 +196,7 @@ def _ratios(headline: list[Case]) -> list[Ratio]:
     since CLIP's towers would make the ratio about a dual encoder, not about the embedder."""
     def setting(c: Case) -> tuple[Any, ...]:
         s = c.result.spec
-        return c.run_id, s.batch_size, s.precision, s.device
+        return c.run_id, s.batch_size, s.precision, s.device, c.device
 
     patches = sorted((c for c in headline if c.result.embedder == "patch"),
                      key=lambda c: c.result.fusion != "single-stream")
@@ -240,10 +252,13 @@ def _scaling(cases: list[Case]) -> tuple[list[Series], list[Series]]:
             continue
         s, median = r.spec, r.end_to_end.median_ms
         run = f" (run {case.run_id})" if " (run " in case.label else ""
-        bkey = ("b", case.run_id, s.model, s.image_size, s.text_len, s.precision, s.device)
+        run += f" [{case.device}]" if case.device else ""  # never one series over two devices
+        bkey = ("b", case.run_id, s.model, s.image_size, s.text_len, s.precision, s.device,
+                case.device)
         by_batch[bkey][float(s.batch_size)] = s.batch_size / (median / 1e3)
         names[bkey] = f"{s.model} {s.image_size[0]}x{s.image_size[1]} {s.precision}{run}"
-        skey = ("s", case.run_id, s.model, s.batch_size, s.text_len, s.precision, s.device)
+        skey = ("s", case.run_id, s.model, s.batch_size, s.text_len, s.precision, s.device,
+                case.device)
         by_size[skey][s.image_size[0] * s.image_size[1] / 1e6] = median
         names[skey] = f"{s.model} b{s.batch_size} {s.precision}{run}"
 
@@ -258,8 +273,12 @@ def collect(store: Store, run_ids: list[int], baseline: int | None = None) -> Re
     if not run_ids:
         raise ValueError("a report needs at least one run")
     runs = [store.get_run(run_id) for run_id in run_ids]
-    cases = _label_cases([(run_id, r) for run_id in run_ids for r in store.cases(run_id)])
-    headline = _headline_cases(cases)
+    # one row per case however many rounds (vlbench.rounds); the comparisons use the rounds
+    cases = _label_cases([(run_id, r) for run_id in run_ids
+                          for r in pool_rounds(store.cases(run_id))])
+    cases = label_devices(cases)  # runs over several devices: per device, never pooled
+    plain = [c for c in cases if c.result.spec.task is None]  # retrieval: its own section
+    headline = _headline_cases(plain)
     bars: list[Bar] = []
     shown_paper: set[str] = set()
     for case in headline:
@@ -271,17 +290,24 @@ def collect(store: Store, run_ids: list[int], baseline: int | None = None) -> Re
             shown_paper.add(ref.preset)
             bars.append(Bar(f"{ref.model} (paper, {paper.PAPER_DEVICE})", ref.parts_ms,
                             ref.total_ms, from_paper=True))
-    throughput, input_cost = _scaling(cases)
+    throughput, input_cost = _scaling(plain)
     data = ReportData(
         runs=runs, cases=cases, headline=headline, bars=bars, table6=_table6(headline),
         ratios=_ratios(headline), details=_details(cases), throughput=throughput,
         input_cost=input_cost, failures=[c for c in cases if c.result.status != "ok"],
-        baseline=baseline,
+        baseline=baseline, devices=device_rows(cases),
     )
+    data.retrieval = retrieval_section(cases)
     if baseline is not None:
         for run_id in run_ids:
             if run_id != baseline:
                 data.comparisons[run_id] = ranked(compare_runs(store, baseline, run_id))
+    for run_id in run_ids:  # an interleaved A/B run compares its own sides
+        sides = {s: [r for r in store.cases(run_id) if r.spec.side == s] for s in ("A", "B")}
+        if baseline is None and sides["A"] and sides["B"]:
+            data.comparisons[run_id] = ranked(compare_cases(
+                sides["A"], sides["B"], interleaved=True, what=f"run {run_id}'s sides").stages)
+            data.interleaved.add(run_id)
     return data
 
 

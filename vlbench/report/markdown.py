@@ -95,12 +95,19 @@ def markdown_from_data(data: ReportData, command: str = "") -> str:
         )
     if data.ratios:
         lines.append("")
+    if data.retrieval is not None:
+        from vlbench.report.retrieval import retrieval_markdown
+
+        lines += retrieval_markdown(data.retrieval)
     for run_id, rows in data.comparisons.items():
         slower = [c for c in rows if c.verdict == "slower"]
         counts = {v: sum(1 for c in rows if c.verdict == v)
                   for v in ("slower", "faster", "inconclusive", "same")}
         summary = ", ".join(f"{n} {v}" for v, n in counts.items())
-        lines += [f"### Run {run_id} against baseline run {data.baseline}", "", summary + ".", ""]
+        title = (f"Run {run_id}: side B against side A (interleaved rounds)"
+                 if run_id in data.interleaved else
+                 f"Run {run_id} against baseline run {data.baseline}")
+        lines += [f"### {title}", "", summary + ".", ""]
         if slower:
             lines += ["| model | case | stage | baseline ms | current ms | ratio | p |",
                       "|---|---|---|---|---|---|---|"]
