@@ -188,6 +188,8 @@ def test_ab_needs_workers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None
                  "--baseline-plugin", str(PLUGIN))
     assert "separate worker processes" in err
     assert "--rounds" in _error(capsys, "run", "--db", str(tmp_path / "x.db"), "--rounds", "0")
+    assert "fresh worker processes" in _error(capsys, "run", "--db", str(tmp_path / "x.db"),
+                                              "--rounds", "5", "--executor", "ray")
 
 
 def test_a_side_whose_plugin_breaks_is_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -304,3 +304,19 @@ def test_a_tiny_retrieval_run_stores_reports_and_prints_the_cost_model(
     assert 'id="retrieval"' in html and html.count("<svg") >= 4
     assert "Cost against query count Q" in html and "Where the curves cross" in html
     assert "### Retrieval cost" in markdown
+
+
+def test_report_section_with_models_measured_at_different_n() -> None:
+    """One model at N = 1, 10, 100, another at 1, 2, 4 (a slow detector): the section still
+    draws cost against Q at an N every model measured, and its crossovers."""
+    from vlbench.report.retrieval import retrieval_section
+
+    cases = ([_synthetic_case("fast", n, 1.0 * n, 2.0 + 0.01 * n) for n in (1, 10, 100)]
+             + [_synthetic_case("slow", n, 100.0 * n, 1.0 + 5.0 * n) for n in (1, 2, 4)])
+    from vlbench.report.html import Case
+
+    section = retrieval_section([Case(1, c, c.spec.model) for c in cases])
+    assert section is not None
+    (direction,) = section.directions
+    assert direction.n_ref == 1 and direction.n_ref_measured
+    assert any(chart.svg for chart in direction.charts) and len(direction.charts) == 2

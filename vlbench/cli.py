@@ -315,6 +315,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     rounds = 1 if args.rounds is None else args.rounds
     if rounds < 1:
         raise UsageError(f"--rounds must be a positive integer, got {rounds}")
+    if rounds > 1 and args.executor == "ray":
+        raise UsageError("--rounds needs fresh worker processes per round, which Ray's reused "
+                         "workers do not give; use the local executor")
     ab = _ab_options(args, isolated)
     # threads always explicit: a worker and a resume then use exactly the recorded count
     options = CaseOptions(timing=timing_options, head=args.head,
