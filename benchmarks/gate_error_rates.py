@@ -198,10 +198,12 @@ def simulate(noise: dict[str, dict[str, float]], rounds: int, trials: int, seed:
     return out
 
 
-def analyze(out: Path, json_path: Path, rounds: int, sim_trials: int) -> dict:
+def analyze(out: Path, json_path: Path, rounds: int, sim_trials: int,
+            sim_rounds: int | None = None) -> dict:
     real = real_comparisons(out)
     noise = fit_noise(out)
-    sim = simulate(noise, rounds, sim_trials)
+    sim_rounds = sim_rounds or rounds
+    sim = simulate(noise, sim_rounds, sim_trials)
 
     def rate(key: str) -> float:
         return float(np.mean([s.get(key, 0.0) for s in sim.values()])) if sim else math.nan
@@ -235,6 +237,7 @@ def analyze(out: Path, json_path: Path, rounds: int, sim_trials: int) -> dict:
         },
         "noise_model": noise,
         "simulation": {
+            "rounds": sim_rounds,
             "trials_per_stage": sim_trials,
             "sequential_aa_false_positive_mean": rate("sequential_aa_slower"),
             "sequential_aa_false_positive_worst": worst("sequential_aa_slower"),
@@ -260,7 +263,8 @@ def _print(report: dict) -> None:
           f"{r['interleaved_aa_comparisons']} flagged")
     print(f"  plugin trials: {EXTRA_STAGE} flagged in {r['trials_extra_stage_flagged']} of "
           f"{r['trials']}; stages ever flagged: {', '.join(r['trials_stages_ever_flagged'])}")
-    print(f"simulated ({s['trials_per_stage']} comparisons per stage and mode):")
+    print(f"simulated ({s['trials_per_stage']} comparisons per stage and mode, "
+          f"{s['rounds']} rounds per side):")
     for key in ("sequential_aa_false_positive", "interleaved_aa_false_positive",
                 "interleaved_15pct_detected"):
         print(f"  {key}: mean {s[key + '_mean']:.3f}, worst stage {s[key + '_worst']:.3f}")
@@ -280,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--sim-trials", type=int, default=1000)
+    parser.add_argument("--sim-rounds", type=int, help="rounds per side in the simulation "
+                        "(default: --rounds, as measured)")
     parser.add_argument("--json", type=Path,
                         default=Path("benchmarks/results/gate_error_rates.json"))
     args = parser.parse_args(argv)
@@ -287,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.step == "measure":
         measure(args.out, args.runs, args.aa_runs, args.trials, args.rounds)
     else:
-        _print(analyze(args.out, args.json, args.rounds, args.sim_trials))
+        _print(analyze(args.out, args.json, args.rounds, args.sim_trials, args.sim_rounds))
     return 0
 
 
