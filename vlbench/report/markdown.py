@@ -83,7 +83,10 @@ def markdown_from_data(data: ReportData, command: str = "") -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if not data.headline:
-        lines.append("| no successful case |" + " |" * (len(header) - 1))
+        retrieval_only = data.cases and all(c.result.spec.task for c in data.cases)
+        what = ("no single-pair case (retrieval cases: below)" if retrieval_only
+                else "no successful case")
+        lines.append(f"| {what} |" + " |" * (len(header) - 1))
     lines += ["", f"FLOPs: {paper.FLOP_CONVENTION}. Paper figures: {paper.CITATION}; "
               "they leave out the text embedder.", ""]
     for ratio in data.ratios:
