@@ -15,6 +15,7 @@ from vlbench.cli import NO_ISOLATION_ENV, expand_rounds, main
 from vlbench.results import CaseSpec
 from vlbench.rounds import pool_rounds
 from vlbench.store import Store, case_key, identity_key
+from vlbench.table import results_table
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "docs" / "examples" / "vlbench_plugin_example.py"
@@ -184,6 +185,8 @@ def test_interleaved_plugin_ab_flags_the_changed_stage(tmp_path: Path,
     page = out.read_text()
     assert "Interleaved A/B comparison" in page and "conv-stem-vilt [A]" in page
     assert page.count('class="comparison-row"') == len(data["stages"])
+    table = results_table(pool_rounds(cases))  # what the run printed: one row per side
+    assert "conv-stem-vilt [A]" in table and "conv-stem-vilt [B]" in table
 
 
 def test_ab_needs_workers(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -31,7 +31,8 @@ def results_table(results: Sequence[CaseResult]) -> str:
     stops = []
     tags = device_tags(results)  # a run over several devices names each case's device
     for r, tag in zip(results, tags, strict=True):
-        s = dataclasses.replace(r.spec, model=r.spec.model + tag)
+        side = f" [{r.spec.side}]" if r.spec.side else ""  # an interleaved A/B run's side
+        s = dataclasses.replace(r.spec, model=r.spec.model + side + tag)
         size = f"{s.image_size[0]}x{s.image_size[1]}+{s.text_len}"
         if r.status == "oom":
             stops.append(f"{s.model} {size}: stopped at batch {s.batch_size}: oom; "
