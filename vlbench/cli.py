@@ -10,13 +10,13 @@ import argparse
 import json
 import os
 import shlex
-import shutil
 import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from .run_options import ab_options, executor_options, expand_rounds
 from .store import NotAStoreError, Store, default_db_path
 from .suites import SuiteError, parse_image_size, parse_int_list
 
@@ -318,7 +318,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rounds > 1 and args.executor == "ray":
         raise UsageError("--rounds needs fresh worker processes per round, which Ray's reused "
                          "workers do not give; use the local executor")
-    ab = _ab_options(args, isolated)
+    ab = ab_options(args, isolated, NO_ISOLATION_ENV)
     # threads always explicit: a worker and a resume then use exactly the recorded count
     options = CaseOptions(timing=timing_options, head=args.head,
                           seed=0 if args.seed is None else args.seed,
@@ -330,7 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                               args.memory_budget)),
                           compile_backend=args.compile_backend or None,
                           trace_dir=str(Path(args.trace).resolve()) if args.trace else None,
-                          **_executor_options(args, device), **ab)
+                          **executor_options(args), **ab)
     cases = expand_rounds(suite.cases(device), rounds, interleaved=options.interleaved)
 
     argv = args.argv
@@ -345,69 +345,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"run {run_id}: suite {suite.name}, {len(cases)} case(s) on {device}, "
               f"results in {store.path}", file=sys.stderr)
         return _execute(store, run_id, cases, options, args)
-
-
-def expand_rounds(cases: list, rounds: int, *, interleaved: bool) -> list:
-    """Every case once per round, rounds outermost (so rounds are spread over the run's time);
-    an interleaved A/B run measures side A then side B within each round: A B A B ..."""
-    import dataclasses
-
-    sides = ("A", "B") if interleaved else (None,)
-    return [dataclasses.replace(c, round=r, side=side)
-            for r in range(rounds) for side in sides for c in cases]
-
-
-def _ab_options(args: argparse.Namespace, isolated: bool) -> dict:
-    """CaseOptions fields of --plugin/--baseline-plugin/--baseline-python: plugin paths made
-    absolute (workers and a resume import them from anywhere)."""
-    from .plugins import resolve_plugin_paths
-
-    out: dict = {"plugins": resolve_plugin_paths(args.plugin)}
-    if args.baseline_plugin is not None:
-        out["baseline_plugins"] = resolve_plugin_paths(args.baseline_plugin)
-    if args.baseline_python is not None:
-        python = shutil.which(args.baseline_python) or args.baseline_python
-        if not (Path(python).is_file() and os.access(python, os.X_OK)):
-            raise UsageError(f"--baseline-python {args.baseline_python}: not an executable")
-        out["baseline_python"] = str(Path(python).absolute())
-    if len(out) > 1 and not isolated:
-        raise UsageError("an interleaved A/B run measures its sides in separate worker "
-                         f"processes; drop --no-isolation (or unset {NO_ISOLATION_ENV})")
-    if len(out) > 1 and (args.executor or "local") != "local":
-        raise UsageError("interleaved A/B runs use the local executor")
-    return out
-
-
-def _executor_options(args: argparse.Namespace, device: str) -> dict:
-    """CaseOptions fields of --executor/--address/--allow-shared; Ray-only flags without
-    --executor ray are an error rather than silently ignored."""
-    executor = args.executor or "local"
-    if executor != "ray" and (args.address or args.allow_shared):
-        raise UsageError("--address and --allow-shared apply to --executor ray")
-    if executor == "ray":
-        from .ray_executor import check_ray_available
-
-        check_ray_available()  # one line saying how to install it, exit 2
-        if args.address:
-            _check_reachable(args.address)
-    return {"executor": executor, "ray_address": args.address,
-            "allow_shared": bool(args.allow_shared)}
-
-
-def _check_reachable(address: str) -> None:
-    """A Ray address that nothing answers on is a one-line error now, not minutes inside Ray's
-    own connection retries ('auto' and addresses without a port are left to Ray)."""
-    import socket
-
-    hostport = address.split("://", 1)[-1]
-    host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as exc:
-        raise UsageError(f"--address {address}: nothing answers there "
-                         f"({exc.strerror or exc})") from None
 
 
 def _device(name: str, remote: bool = False) -> str:

@@ -1,5 +1,6 @@
-"""Run-to-run comparison per case and stage, with the *round* as the unit: one module for
-``vlbench compare`` (the CI gate) and the report's ``--baseline`` section.
+"""Run-to-run comparison per case and stage, with the *round* as the unit: the statistics behind
+``vlbench compare`` (the CI gate) and the report's ``--baseline`` section (``vlbench.gate``
+reads the sides from the store or exports and prints the verdicts).
 
 Why rounds. Samples of one run are not independent draws: a process's placement, its heap and
 the machine's state at the time shift every sample of a run together (two identical runs on the
@@ -45,7 +46,7 @@ from functools import lru_cache
 import numpy as np
 
 from vlbench.results import CaseResult
-from vlbench.store import Store, identity_key
+from vlbench.store import identity_key
 
 END_TO_END = "end_to_end"
 VERDICTS = ("slower", "faster", "same", "inconclusive")
@@ -386,26 +387,6 @@ def estimate_run_noise(runs: Sequence[Sequence[CaseResult]]) -> dict[tuple[str, 
         within = float(np.mean([v / n for _, v, n in rows]))
         out[k] = math.sqrt(max(0.0, float(means.var(ddof=1)) - within))
     return out
-
-
-def compare_runs(
-    store: Store,
-    baseline_id: int,
-    current_id: int,
-    threshold: float = 0.10,
-    alpha: float = 0.01,
-) -> list[StageComparison]:
-    """Compare two stored runs per case and stage (the report's baseline section); the
-    run-level noise comes from the store's other runs of the same cases where it can."""
-    from vlbench.gate import history_noise
-
-    base, cur = store.cases(baseline_id), store.cases(current_id)
-    return compare_cases(
-        base, cur, threshold=threshold, alpha=alpha,
-        run_noise=history_noise(store, exclude=(current_id,), cases=cur,
-                                host=store.get_run(current_id).host) or None,
-        what=f"baseline run {baseline_id} and run {current_id}",
-    ).stages
 
 
 def ranked(comparisons: Iterable[StageComparison]) -> list[StageComparison]:

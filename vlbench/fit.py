@@ -38,16 +38,24 @@ class QuadraticFit:
         return {k: v / total for k, v in parts.items()}
 
 
-def fit_quadratic(n: Sequence[float], time_ms: Sequence[float]) -> QuadraticFit:
-    """Least squares with each term constrained to be non-negative (a cost cannot shrink with
-    size): the unconstrained solution, or the best fit on a subset of the terms when a term
-    would come out negative. Needs at least three distinct sizes."""
+def checked_series(n: Sequence[float], time_ms: Sequence[float], *, distinct: int,
+                   what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(sizes, times) as float arrays, refusing what no fit of ``distinct`` terms can use."""
     x = np.asarray(n, dtype=float)
     y = np.asarray(time_ms, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError("n and time_ms must be equal-length 1-d sequences")
-    if len(np.unique(x)) < 3:
-        raise ValueError("a quadratic fit needs at least three distinct sizes")
+    if len(np.unique(x)) < distinct:
+        count = {2: "two", 3: "three"}.get(distinct, str(distinct))
+        raise ValueError(f"{what} needs at least {count} distinct sizes")
+    return x, y
+
+
+def fit_quadratic(n: Sequence[float], time_ms: Sequence[float]) -> QuadraticFit:
+    """Least squares with each term constrained to be non-negative (a cost cannot shrink with
+    size): the unconstrained solution, or the best fit on a subset of the terms when a term
+    would come out negative. Needs at least three distinct sizes."""
+    x, y = checked_series(n, time_ms, distinct=3, what="a quadratic fit")
     design = np.stack([np.ones_like(x), x, x**2], axis=1)
     best: tuple[float, np.ndarray] | None = None
     for mask in ((1, 1, 1), (1, 1, 0), (1, 0, 1), (0, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1)):

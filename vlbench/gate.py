@@ -155,6 +155,24 @@ def compare_refs(refs: list[str], store: Store | None, *, threshold: float, alph
                          current_label=cur.label)
 
 
+def compare_runs(
+    store: Store,
+    baseline_id: int,
+    current_id: int,
+    threshold: float = 0.10,
+    alpha: float = 0.01,
+) -> list[StageComparison]:
+    """Compare two stored runs per case and stage (the report's baseline section); the
+    run-level noise comes from the store's other runs of the same cases where it can."""
+    base, cur = store.cases(baseline_id), store.cases(current_id)
+    return compare_cases(
+        base, cur, threshold=threshold, alpha=alpha,
+        run_noise=history_noise(store, exclude=(current_id,), cases=cur,
+                                host=store.get_run(current_id).host) or None,
+        what=f"baseline run {baseline_id} and run {current_id}",
+    ).stages
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 

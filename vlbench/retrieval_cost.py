@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import nnls
 
+from .fit import checked_series
 from .results import CaseResult
 
 TASKS = ("retrieval-t2i", "retrieval-i2t")
@@ -54,12 +55,7 @@ def fit_linear_cost(n: Sequence[float], time_ms: Sequence[float]) -> LinearCost:
     """Non-negative least squares on relative residuals ((a + b*n - t) / t): a cost cannot
     shrink with N, and a fit on absolute error would let N = 1000 decide the fixed term alone.
     Needs two distinct sizes and positive times."""
-    x = np.asarray(n, dtype=float)
-    y = np.asarray(time_ms, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError("n and time_ms must be equal-length 1-d sequences")
-    if len(np.unique(x)) < 2:
-        raise ValueError("a linear cost fit needs at least two distinct gallery sizes")
+    x, y = checked_series(n, time_ms, distinct=2, what="a linear cost fit")
     if (y <= 0).any():
         raise ValueError("times must be positive")
     design = np.stack([np.ones_like(x), x], axis=1) / y[:, None]

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlbench import paper
-from vlbench.compare import StageComparison, compare_cases, compare_runs, ranked
+from vlbench.compare import StageComparison, compare_cases, ranked
+from vlbench.gate import compare_runs
 from vlbench.report.charts import Bar, Series, breakdown, category_of, report_charts
 from vlbench.report.devices import DeviceRow, device_rows, label_devices
 from vlbench.report.retrieval import RetrievalSection, retrieval_section
