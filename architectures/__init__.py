@@ -6,12 +6,12 @@ weights; nothing is downloaded). ``list_models()`` names every preset.
 
 from __future__ import annotations
 
-from feature_extractors import build_embedder, spec_for_config
+from feature_extractors import Stage, build_embedder, spec_for_config
 
 from .compose import compose, pair_matrix, resolve_preset
 from .fusion import FUSIONS, FusionOutput, build_fusion, fusion_spec_for_config
 from .heads import build_head
-from .model import Stage, VLModel
+from .model import VLModel
 from .presets import PRESETS, Preset
 
 
@@ -19,6 +19,7 @@ def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:
     """A model from a preset or ``embedder+fusion`` pair name, or a ``Preset``;
     ``head=True`` adds its task head."""
     p = resolve_preset(preset) if isinstance(preset, str) else preset
+    embedder, scheme = spec_for_config(p.visual), fusion_spec_for_config(p.fusion)
     visual = build_embedder(p.visual)
     text = build_embedder(p.text)
     fusion = build_fusion(p.fusion, text_dim=text.out_dim, vision_dim=visual.out_dim)
@@ -27,11 +28,11 @@ def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:
         if p.head is None:
             raise ValueError(f"model {p.name!r} has no task head")
         task_head = build_head(p.head, in_dim=fusion.out_dim)
-    return VLModel(
-        visual, text, fusion, task_head,
-        visual_kind=spec_for_config(p.visual).kind,
-        fusion_kind=fusion_spec_for_config(p.fusion).kind,
-    )
+    model = VLModel(visual, text, fusion, task_head, visual_kind=embedder.kind,
+                    fusion_kind=scheme.kind, embedder_name=embedder.name,
+                    fusion_name=scheme.name)
+    model.stages()  # the stage declarations are checked here: a bad one fails at build time
+    return model
 
 
 def list_models() -> list[str]:

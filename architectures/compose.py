@@ -10,93 +10,40 @@ works wherever a preset name does.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from feature_extractors import EMBEDDERS, UnknownNameError, spec_for_config, visual_embedder
 
-from feature_extractors import (
-    EMBEDDERS,
-    BertTextConfig,
-    ClipTextConfig,
-    PatchProjectionConfig,
-    PrecomputedRegionsConfig,
-    RegionFeaturesConfig,
-    ResNetGridConfig,
-    UnknownNameError,
-)
-
-from .fusion import FUSIONS, DualEncoderConfig, SingleStreamConfig, TwoStreamConfig
-from .presets import PRESETS, TINY_REGIONS, TINY_VILBERT, Preset
+from .fusion import FUSIONS, fusion_spec_for_config
+from .presets import PRESETS, Preset
 
 SIZES = ("base", "tiny")
 
-#: fusion name -> (base config, tiny config)
-FUSION_DEFAULTS: dict[str, tuple[Any, Any]] = {
-    "single-stream": (SingleStreamConfig(), SingleStreamConfig(width=64, depth=2, heads=2,
-                                                               mlp_dim=128)),
-    "two-stream": (TwoStreamConfig(), TINY_VILBERT),
-    "dual-encoder": (DualEncoderConfig(), DualEncoderConfig(
-        embed_dim=32, vision_width=64, vision_depth=2, vision_heads=2, vision_mlp_dim=128,
-        text_width=32, text_depth=2, text_heads=2, text_mlp_dim=64)),
-}
-
-
-def _widths(fusion: Any) -> tuple[int, int]:
-    """(text width, visual width) the fusion works at."""
-    if isinstance(fusion, SingleStreamConfig):
-        return fusion.width, fusion.width
-    return fusion.text_width, fusion.vision_width
-
-
-def _visual(name: str, width: int, tiny: bool) -> tuple[Any, tuple[int, int]]:
-    """The embedder's config at its canonical settings, and its canonical image size."""
-    if name == "patch":
-        if tiny:
-            return PatchProjectionConfig(width=width, patch_size=32, pos_grid=(2, 2)), (128, 160)
-        return PatchProjectionConfig(width=width), (384, 640)
-    if name == "grid":
-        return ResNetGridConfig(backbone="tiny" if tiny else "r50"), (
-            (128, 160) if tiny else (800, 1333))
-    if name == "region":
-        base = TINY_REGIONS if tiny else RegionFeaturesConfig()
-        return replace(base, width=width), (128, 160) if tiny else (800, 1333)
-    if name == "precomputed":
-        boxes = TINY_REGIONS.num_boxes if tiny else 36
-        return PrecomputedRegionsConfig(num_boxes=boxes, width=width), (
-            (128, 160) if tiny else (800, 1333))
-    spec = EMBEDDERS.get(name)  # one-line error for an unknown name
-    if spec.modality == "visual" and spec.canonical is not None:  # a plugin's embedder
-        return spec.canonical(width, tiny)
-    if spec.modality == "visual":
-        raise UnknownNameError(f"embedder {name!r} cannot be composed: its EmbedderSpec has "
-                               "no 'canonical' (width, tiny) -> (config, image size)")
-    raise UnknownNameError(f"embedder {name!r} is not a visual embedder")
-
 
 def compose(visual: str, fusion: str, size: str = "base") -> Preset:
-    """The preset for an ``embedder+fusion`` pair."""
+    """The preset for an ``embedder+fusion`` pair, from what the two registry entries declare:
+    the fusion's default config (base or tiny), the embedder's canonical settings at the fusion's
+    visual width, and the fusion's text embedder at its text width."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
-    spec = EMBEDDERS.get(visual)  # one-line KeyError listing the embedders
-    if spec.modality != "visual":
-        visuals = [n for n in EMBEDDERS if EMBEDDERS.get(n).modality == "visual"]
-        raise UnknownNameError(f"unknown visual embedder {visual!r}; valid: {', '.join(visuals)}")
-    FUSIONS.get(fusion)
+    embedder = visual_embedder(visual)  # one-line KeyError listing the visual embedders
+    scheme = FUSIONS.get(fusion)
+    if scheme.defaults is None:
+        raise UnknownNameError(f"fusion {fusion!r} cannot be composed: its FusionSpec has no "
+                               "'defaults' (base config, tiny config)")
+    if embedder.canonical is None:
+        raise UnknownNameError(f"embedder {visual!r} cannot be composed: its EmbedderSpec has "
+                               "no 'canonical' (width, tiny) -> (config, image size)")
     tiny = size == "tiny"
-    fusion_config = FUSION_DEFAULTS[fusion][int(tiny)]
-    text_width, visual_width = _widths(fusion_config)
-    visual_config, image_size = _visual(visual, visual_width, tiny)
-    if fusion == "dual-encoder":
-        text = ClipTextConfig(vocab_size=1000, width=text_width, max_positions=16) if tiny else (
-            ClipTextConfig(width=text_width))
-    else:
-        text = BertTextConfig(vocab_size=1000 if tiny else 30522, width=text_width,
-                              max_positions=16 if tiny else 512)
-    name = f"{visual}+{fusion}" + ("-tiny" if tiny else "")
+    fusion_config = scheme.defaults[int(tiny)]
+    visual_config, image_size = embedder.canonical(fusion_config.vision_width, tiny)
+    text = EMBEDDERS.get(scheme.text_embedder)
+    if text.canonical is None:
+        raise UnknownNameError(f"text embedder {text.name!r} has no 'canonical' settings")
+    text_config, _ = text.canonical(fusion_config.text_width, tiny)
     return Preset(
-        name=name,
-        description=f"composed: {spec.description} + {FUSIONS.get(fusion).description}",
+        name=f"{visual}+{fusion}" + ("-tiny" if tiny else ""),
+        description=f"composed: {embedder.description} + {scheme.description}",
         visual=visual_config,
-        text=text,
+        text=text_config,
         fusion=fusion_config,
         image_size=image_size,
         text_len=8 if tiny else 40,
@@ -129,10 +76,6 @@ def pair_matrix() -> dict[tuple[str, str], list[str]]:
     """(visual embedder, fusion) -> the published presets of that pair, for every pair."""
     visuals = [n for n in EMBEDDERS if EMBEDDERS.get(n).modality == "visual"]
     matrix: dict[tuple[str, str], list[str]] = {(v, f): [] for v in visuals for f in FUSIONS}
-    from feature_extractors import spec_for_config
-
-    from .fusion import fusion_spec_for_config
-
     for name in PRESETS:
         if name.endswith("-tiny"):
             continue

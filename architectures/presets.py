@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from feature_extractors import (
+    TINY_REGIONS,
     BertTextConfig,
     ClipTextConfig,
     PatchProjectionConfig,
@@ -21,6 +22,7 @@ from feature_extractors import (
 )
 
 from .fusion import DualEncoderConfig, SingleStreamConfig, TwoStreamConfig
+from .fusion.two_stream import TINY_VILBERT
 from .heads import VQAHeadConfig
 
 
@@ -126,13 +128,6 @@ def _bert_single_stream(name: str, *, visual: Any, bert: tuple[int, int, int, in
     )
 
 
-# Region detectors for tests: the same stages at toy sizes (a narrow trunk, 11 classes,
-# 20 proposals, 7x7 RoIs, 6 boxes) so a forward takes well under a second.
-TINY_REGIONS = RegionFeaturesConfig(
-    backbone="tiny", num_classes=11, pre_nms_top_n=200, post_nms_top_n=20, roi_size=7,
-    num_boxes=6, width=64,
-)
-
 # "800x1333" is a resize bound (shorter side 800, longer at most 1333). The tensor timed is the
 # bound itself, 800x1333 (aspect 5:3, the same as ViLT's 384x640), padded to 800x1344 for the
 # detector's stride as detectron pads to 32.
@@ -224,10 +219,6 @@ def _two_stream(name: str, *, visual: Any, fusion: TwoStreamConfig, vocab: int, 
 #: ViLBERT-base: BERT-base text stream, 6 visual layers at 1024, co-attention after text layers
 #: 6..11 and visual layers 0..5 (TwoStreamConfig's defaults)
 VILBERT = TwoStreamConfig()
-TINY_VILBERT = TwoStreamConfig(
-    text_width=64, text_depth=4, text_heads=2, text_mlp_dim=128, vision_width=96,
-    vision_depth=2, vision_heads=2, vision_mlp_dim=96, cross_width=96, cross_heads=2,
-    text_layers_before_cross=(2, 3), vision_layers_before_cross=(0, 1))
 #: LXMERT: 9 language, 5 object-relationship, 5 cross-modality layers, one cross-attention
 #: module shared by both directions
 LXMERT = TwoStreamConfig(

@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feature_extractors import Tokens
+from feature_extractors import Stage, StageKind, Tokens, declared_stages
 
 from .fusion import DualEncoder
 from .heads import MatchHead
-from .model import Stage, VLModel, _substages
+from .model import VLModel
 
 DIRECTIONS = ("t2i", "i2t")
 
@@ -83,7 +83,7 @@ class GalleryEncoder(nn.Module):
     ``text``) and, for a dual encoder, its ``tower``, batch by batch. The joined result is the
     cache a query reads: unit embeddings (N, E), or the embedder's tokens (N, T, D)."""
 
-    def __init__(self, *, side: str, embed: nn.Module, embed_kind: str,
+    def __init__(self, *, side: str, embed: nn.Module, embed_kind: StageKind,
                  tower: nn.Module | None) -> None:
         super().__init__()
         self.side = side
@@ -91,7 +91,7 @@ class GalleryEncoder(nn.Module):
         self.tower = tower
         self.substages = {side: embed_kind}
         if tower is not None:
-            self.substages["tower"] = "single_modality"
+            self.substages["tower"] = StageKind.SINGLE_MODALITY
 
     def forward(self, batches: Sequence[tuple[Any, ...]]) -> torch.Tensor | Tokens:
         embed = self.get_submodule(self.side)
@@ -121,13 +121,13 @@ class PairScorer(nn.Module):
     scores. The query's tokens are broadcast over the batch (a view until the fusion
     concatenates or projects them)."""
 
-    def __init__(self, *, fusion: nn.Module, fusion_kind: str, match: nn.Module,
+    def __init__(self, *, fusion: nn.Module, fusion_kind: StageKind, match: nn.Module,
                  query_side: str) -> None:
         super().__init__()
         self.fusion = fusion
         self.match = match
         self.query_side = query_side
-        self.substages = {"fusion": fusion_kind, "match": "head"}
+        self.substages = {"fusion": fusion_kind, "match": StageKind.HEAD}
 
     def forward(self, query: Tokens, candidates: Tokens) -> torch.Tensor:
         b = candidates.embeds.shape[0]
@@ -141,15 +141,16 @@ class CachedQuery(nn.Module):
     """Dual encoder, per query: the query through its embedder and tower, one product with the
     cached gallery embeddings, a sort. Nothing here grows with N but the product and the sort."""
 
-    def __init__(self, *, side: str, embed: nn.Module, embed_kind: str, tower: nn.Module) -> None:
+    def __init__(self, *, side: str, embed: nn.Module, embed_kind: StageKind,
+                 tower: nn.Module) -> None:
         super().__init__()
         self.side = side
         self.add_module(side, embed)
         self.tower = tower
         self.score = Similarity()
         self.rank = Ranking()
-        self.substages = {side: embed_kind, "tower": "single_modality", "score": "interaction",
-                          "rank": "ranking"}
+        self.substages = {side: embed_kind, "tower": StageKind.SINGLE_MODALITY,
+                          "score": StageKind.INTERACTION, "rank": StageKind.RANKING}
 
     def forward(self, inputs: tuple[Any, ...], gallery: torch.Tensor,
                 batch_size: int | None = None) -> Ranked:
@@ -161,14 +162,15 @@ class JointQuery(nn.Module):
     """Fusion model, per query: the query's embedder once, then ``pairs`` (the joint forward and
     the matching head) over the N cached candidates in batches of ``batch_size``, then a sort."""
 
-    def __init__(self, *, side: str, embed: nn.Module, embed_kind: str,
+    def __init__(self, *, side: str, embed: nn.Module, embed_kind: StageKind,
                  pairs: PairScorer) -> None:
         super().__init__()
         self.side = side
         self.add_module(side, embed)
         self.pairs = pairs
         self.rank = Ranking()
-        self.substages = {side: embed_kind, "pairs": "interaction", "rank": "ranking"}
+        self.substages = {side: embed_kind, "pairs": StageKind.INTERACTION,
+                          "rank": StageKind.RANKING}
 
     def forward(self, inputs: tuple[Any, ...], gallery: Tokens,
                 batch_size: int | None = None) -> Ranked:
@@ -191,7 +193,7 @@ class Retriever(nn.Module):
         self.direction = direction
         query_side, gallery_side = ("text", "visual") if direction == "t2i" else ("visual", "text")
         embed = {"visual": model.visual, "text": model.text}
-        kind = {"visual": model.visual_kind, "text": "text"}
+        kind = {"visual": model.visual_kind, "text": StageKind.TEXT}
         fusion = model.fusion
         self.dual = isinstance(fusion, DualEncoder)
         if self.dual:
@@ -212,15 +214,11 @@ class Retriever(nn.Module):
             self.query = JointQuery(side=query_side, embed=embed[query_side],
                                     embed_kind=kind[query_side], pairs=pairs)
         self.query_side, self.gallery_side = query_side, gallery_side
+        self.substages = {"gallery": StageKind.OFFLINE, "query": StageKind.PER_QUERY}
 
     def stages(self) -> list[Stage]:
         """``gallery`` and ``query`` with their declared sub-stages."""
-        out: list[Stage] = []
-        for name, kind in (("gallery", "offline"), ("query", "per_query")):
-            subs = _substages(self.get_submodule(name), name)
-            out.append(Stage(name, kind, host_sync=any(s.host_sync for s in subs)))
-            out.extend(subs)
-        return out
+        return declared_stages(self)
 
     def forward(self, step: str, *args: Any) -> torch.Tensor | Tokens | Ranked:
         if step == "gallery":

@@ -1,76 +1,72 @@
-"""Embedders: images or token ids -> ``Tokens``.
+"""Embedders: images or token ids -> ``Tokens``, and the contract between models and harness.
 
 Plain PyTorch, importable on its own. ``EMBEDDERS`` maps a name to an ``EmbedderSpec`` (the
-config dataclass and the module it builds); ``build_embedder(config)`` turns a config into a
-module with explicit keyword arguments, so leaf modules never see a config object.
+config dataclass, the module it builds and how a composed pair builds it);
+``build_embedder(config)`` turns a config into a module with explicit keyword arguments, so leaf
+modules never see a config object. ``stages`` holds the stage contract every model speaks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
 from torch import nn
 
-from .grid import ResNetGrid, ResNetGridConfig
-from .patch import PatchProjection, PatchProjectionConfig
+from .embedder import EmbedderSpec, example_visual_input, image_tokens
+from .grid import ResNetGrid, ResNetGridConfig, canonical_grid
+from .patch import PatchProjection, PatchProjectionConfig, canonical_patch
 from .region.extractor import (
+    TINY_REGIONS,
     PrecomputedRegions,
     PrecomputedRegionsConfig,
     RegionBatch,
     RegionFeatures,
     RegionFeaturesConfig,
+    canonical_precomputed,
+    canonical_region,
 )
 from .registry import Registry, UnknownNameError
-from .text import BertTextConfig, BertTextEmbedding, ClipTextConfig, ClipTextEmbedding
+from .stages import (
+    Stage,
+    StageDeclarationError,
+    StageKind,
+    Substage,
+    declared_stages,
+    stage_kind,
+    stage_paths,
+    stage_workload,
+    workload_of,
+)
+from .text import (
+    BertTextConfig,
+    BertTextEmbedding,
+    ClipTextConfig,
+    ClipTextEmbedding,
+    canonical_bert_text,
+    canonical_clip_text,
+)
 from .tokens import ImageBatch, Tokens
 
-
-@dataclass(frozen=True)
-class EmbedderSpec:
-    name: str
-    modality: str  # "visual" or "text"
-    kind: str  # stage category: patch, grid, region, text
-    config: type
-    module: type[nn.Module]
-    description: str
-    #: visual embedders of plugins: (fusion width, tiny) -> (config, canonical image size), so
-    #: that ``EMBEDDER+FUSION`` pairs can compose them; the built-in ones are known to compose
-    canonical: Callable[[int, bool], tuple[Any, tuple[int, int]]] | None = None
-
-
 EMBEDDERS: Registry[EmbedderSpec] = Registry("embedder")
-EMBEDDERS.register(
-    "patch",
-    EmbedderSpec("patch", "visual", "patch", PatchProjectionConfig, PatchProjection,
-                 "linear patch projection (ViLT, CLIP/ViT stem)"),
-)
-EMBEDDERS.register(
-    "grid",
-    EmbedderSpec("grid", "visual", "grid", ResNetGridConfig, ResNetGrid,
-                 "ResNet grid features, 2x2 max pool (Pixel-BERT)"),
-)
-EMBEDDERS.register(
-    "region",
-    EmbedderSpec("region", "visual", "region", RegionFeaturesConfig, RegionFeatures,
-                 "Faster R-CNN region features (bottom-up attention: RPN, RoIAlign, NMS)"),
-)
-EMBEDDERS.register(
-    "precomputed",
-    EmbedderSpec("precomputed", "visual", "precomputed", PrecomputedRegionsConfig,
-                 PrecomputedRegions, "region features computed offline (no detector)"),
-)
-EMBEDDERS.register(
-    "bert-text",
-    EmbedderSpec("bert-text", "text", "text", BertTextConfig, BertTextEmbedding,
-                 "BERT word + position + type embeddings, LayerNorm"),
-)
-EMBEDDERS.register(
-    "clip-text",
-    EmbedderSpec("clip-text", "text", "text", ClipTextConfig, ClipTextEmbedding,
-                 "CLIP token + position embeddings"),
-)
+EMBEDDERS.register("patch", EmbedderSpec(
+    "patch", "visual", StageKind.PATCH, PatchProjectionConfig, PatchProjection,
+    "linear patch projection (ViLT, CLIP/ViT stem)", canonical_patch))
+EMBEDDERS.register("grid", EmbedderSpec(
+    "grid", "visual", StageKind.GRID, ResNetGridConfig, ResNetGrid,
+    "ResNet grid features, 2x2 max pool (Pixel-BERT)", canonical_grid))
+EMBEDDERS.register("region", EmbedderSpec(
+    "region", "visual", StageKind.REGION, RegionFeaturesConfig, RegionFeatures,
+    "Faster R-CNN region features (bottom-up attention: RPN, RoIAlign, NMS)", canonical_region))
+EMBEDDERS.register("precomputed", EmbedderSpec(
+    "precomputed", "visual", StageKind.PRECOMPUTED, PrecomputedRegionsConfig, PrecomputedRegions,
+    "region features computed offline (no detector)", canonical_precomputed))
+EMBEDDERS.register("bert-text", EmbedderSpec(
+    "bert-text", "text", StageKind.TEXT, BertTextConfig, BertTextEmbedding,
+    "BERT word + position + type embeddings, LayerNorm", canonical_bert_text))
+EMBEDDERS.register("clip-text", EmbedderSpec(
+    "clip-text", "text", StageKind.TEXT, ClipTextConfig, ClipTextEmbedding,
+    "CLIP token + position embeddings", canonical_clip_text))
 
 
 def spec_for_config(config: Any) -> EmbedderSpec:
@@ -81,6 +77,15 @@ def spec_for_config(config: Any) -> EmbedderSpec:
     raise TypeError(f"no embedder registered for {type(config).__name__}")
 
 
+def visual_embedder(name: str) -> EmbedderSpec:
+    """A visual embedder's spec by name; a one-line KeyError listing the visual embedders."""
+    spec = EMBEDDERS.get(name)
+    if spec.modality != "visual":
+        visuals = [n for n in EMBEDDERS if EMBEDDERS.get(n).modality == "visual"]
+        raise UnknownNameError(f"unknown visual embedder {name!r}; valid: {', '.join(visuals)}")
+    return spec
+
+
 def build_embedder(config: Any) -> nn.Module:
     """Build the embedder a config dataclass describes."""
     spec = spec_for_config(config)
@@ -89,6 +94,7 @@ def build_embedder(config: Any) -> nn.Module:
 
 __all__ = [
     "EMBEDDERS",
+    "TINY_REGIONS",
     "BertTextConfig",
     "BertTextEmbedding",
     "ClipTextConfig",
@@ -105,8 +111,20 @@ __all__ = [
     "Registry",
     "ResNetGrid",
     "ResNetGridConfig",
+    "Stage",
+    "StageDeclarationError",
+    "StageKind",
+    "Substage",
     "Tokens",
     "UnknownNameError",
     "build_embedder",
+    "declared_stages",
+    "example_visual_input",
+    "image_tokens",
     "spec_for_config",
+    "stage_kind",
+    "stage_paths",
+    "stage_workload",
+    "visual_embedder",
+    "workload_of",
 ]

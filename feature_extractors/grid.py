@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .region.backbone import build_resnet
+from .stages import StageKind
 from .tokens import ImageBatch, Tokens
 
 
@@ -25,6 +26,13 @@ class ResNetGridConfig:
     sample_tokens: int | None = None
 
 
+def canonical_grid(width: int, tiny: bool) -> tuple[ResNetGridConfig, tuple[int, int]]:
+    """How ``grid+FUSION`` pairs build this embedder: Pixel-BERT-R50 at 800x1333. Grid tokens
+    keep the trunk's 2048 channels (``width`` unused): the fusion's input adapter projects them."""
+    return ResNetGridConfig(backbone="tiny" if tiny else "r50"), (
+        (128, 160) if tiny else (800, 1333))
+
+
 def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
 
@@ -36,7 +44,7 @@ class ResNetGrid(nn.Module):
     (zero padding of a mixed-size batch) are masked without a device synchronisation.
     """
 
-    substages = {"backbone": "backbone", "pool": "grid"}
+    substages = {"backbone": StageKind.BACKBONE, "pool": StageKind.GRID}
     out_dim = 2048
 
     def __init__(self, *, backbone: str, pool: int, sample_tokens: int | None = None) -> None:

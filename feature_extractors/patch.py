@@ -23,6 +23,14 @@ class PatchProjectionConfig:
     in_channels: int = 3
 
 
+def canonical_patch(width: int, tiny: bool) -> tuple[PatchProjectionConfig, tuple[int, int]]:
+    """How ``patch+FUSION`` pairs build this embedder: ViLT's patch 32 at 384x640, its tokens at
+    the fusion's visual width."""
+    if tiny:
+        return PatchProjectionConfig(width=width, patch_size=32, pos_grid=(2, 2)), (128, 160)
+    return PatchProjectionConfig(width=width), (384, 640)
+
+
 class PatchProjection(nn.Module):
     """Image -> [CLS] + one token per patch, with position embeddings.
 

@@ -22,6 +22,12 @@ class BertTextConfig:
     eps: float = 1e-12
 
 
+def canonical_bert_text(width: int, tiny: bool) -> tuple[BertTextConfig, None]:
+    """The text side of a composed pair whose fusion reads BERT-style tokens."""
+    return BertTextConfig(vocab_size=1000 if tiny else 30522, width=width,
+                          max_positions=16 if tiny else 512), None
+
+
 class BertTextEmbedding(nn.Module):
     def __init__(
         self, *, vocab_size: int, width: int, max_positions: int, type_vocab_size: int, eps: float
@@ -52,6 +58,13 @@ class ClipTextConfig:
     vocab_size: int = 49408
     width: int = 512
     max_positions: int = 77
+
+
+def canonical_clip_text(width: int, tiny: bool) -> tuple[ClipTextConfig, None]:
+    """The text side of a composed dual encoder: CLIP's 49,408-token vocabulary, 77 positions."""
+    if tiny:
+        return ClipTextConfig(vocab_size=1000, width=width, max_positions=16), None
+    return ClipTextConfig(width=width), None
 
 
 class ClipTextEmbedding(nn.Module):

@@ -100,3 +100,38 @@ def test_entry_point_plugins_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     finally:
         PRESETS._items.pop("ep-vilt", None)
         sys.modules.pop("my_vlbench_ext", None)
+
+
+FUSION_PLUGIN = str(REPO / "docs" / "examples" / "vlbench_fusion_plugin_example.py")
+
+
+def test_plugin_fusion_composes_with_every_builtin_embedder(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A plugin that registers only a fusion composes with the built-in embedders through the
+    registry entries' composition defaults, exactly as a built-in fusion does."""
+    db = str(tmp_path / "f.db")
+    pairs = "patch+modality-ffn,grid+modality-ffn,region+modality-ffn"
+    assert main(["run", "--plugin", FUSION_PLUGIN, "--compose", pairs, "--size", "tiny",
+                 "--db", db, "--repeats", "2", "--min-time", "0", "--warmup", "1",
+                 "--no-progress", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for name in pairs.split(","):
+        assert f"{name}-tiny" in out
+    assert main(["profile", "region+modality-ffn", "--plugin", FUSION_PLUGIN, "--size",
+                 "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "fusion.text_ffn" in out and "fusion.vision_ffn" in out and "visual.nms" in out
+    assert main(["list", "pairs", "--plugin", FUSION_PLUGIN]) == 0
+    assert "modality-ffn" in capsys.readouterr().out
+
+
+def test_fusion_without_composition_defaults_is_a_one_line_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bare = tmp_path / "bare.py"
+    bare.write_text(
+        "from dataclasses import replace\n"
+        "from architectures import FUSIONS\n"
+        "FUSIONS.register('bare', replace(FUSIONS.get('single-stream'), name='bare',\n"
+        "                 defaults=None))\n")
+    err = _error(capsys, "profile", "patch+bare", "--plugin", str(bare))
+    assert "fusion 'bare' cannot be composed" in err

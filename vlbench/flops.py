@@ -15,6 +15,8 @@ from torch import nn
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from feature_extractors import Stage, stage_paths
+
 FLOP_CONVENTION = "one multiply-add = 2 FLOPs (torch.utils.flop_counter)"
 
 _CPU_SDPA_OPS = ("_scaled_dot_product_flash_attention_for_cpu",)
@@ -34,12 +36,12 @@ def register_sdpa_cpu_formula() -> None:
 
 
 def count_flops(
-    model: nn.Module, run: Callable[[], object], stage_names: Iterable[str]
+    model: nn.Module, run: Callable[[], object], stages: Iterable[Stage | str]
 ) -> tuple[int, dict[str, int]]:
-    """Run ``run()`` once under the FLOP counter: total FLOPs and FLOPs per named stage.
+    """Run ``run()`` once under the FLOP counter: total FLOPs and FLOPs per stage.
 
-    A stage that runs several times in one forward is summed over its calls (the counter's
-    module attribution does that by name).
+    A module that runs several times in one forward is summed over its calls (the counter's
+    module attribution does that by name); a stage that is a named set of modules sums them.
     """
     register_sdpa_cpu_formula()
     with FlopCounterMode(display=False) as counter:
@@ -47,17 +49,18 @@ def count_flops(
     counts = counter.get_flop_counts()
     root = type(model).__name__
     per_stage = {}
-    for name in stage_names:
-        per_op = counts.get(f"{root}.{name}", {})
-        per_stage[name] = int(sum(per_op.values()))
+    for stage in stages:
+        name, paths = stage_paths(stage)
+        per_stage[name] = int(sum(sum(counts.get(f"{root}.{p}", {}).values()) for p in paths))
     return int(counter.get_total_flops()), per_stage
 
 
-def count_params(model: nn.Module, stage_names: Iterable[str]) -> tuple[int, dict[str, int]]:
-    """Parameters in total and per named stage (a shared parameter counts once per stage)."""
+def count_params(model: nn.Module, stages: Iterable[Stage | str]) -> tuple[int, dict[str, int]]:
+    """Parameters in total and per stage; a parameter a stage's modules share counts once."""
     total = sum(p.numel() for p in model.parameters())
-    per_stage = {
-        name: sum(p.numel() for p in model.get_submodule(name).parameters())
-        for name in stage_names
-    }
+    per_stage = {}
+    for stage in stages:
+        name, paths = stage_paths(stage)
+        unique = {id(p): p for path in paths for p in model.get_submodule(path).parameters()}
+        per_stage[name] = sum(p.numel() for p in unique.values())
     return int(total), per_stage

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from architectures import build_model, resolve_preset
+from feature_extractors import stage_workload
 
 from .flops import count_flops, count_params
 
@@ -38,10 +39,9 @@ def profile_model(
         torch.manual_seed(seed)
         model = build_model(preset, head=head).eval()
     inputs = model.example_inputs(batch_size, image_size, text_len, device=device, seed=seed)
-    names = [s.name for s in stages]
-    params_total, params = count_params(model, names)
+    params_total, params = count_params(model, stages)
     with torch.inference_mode():
-        flops_total, flops = count_flops(model, lambda: model(*inputs), names)
+        flops_total, flops = count_flops(model, lambda: model(*inputs), stages)
     return {
         "model": name,
         "batch_size": batch_size,
@@ -55,8 +55,7 @@ def profile_model(
         "stages": {
             s.name: {"kind": s.kind, "parent": s.parent, "params": params[s.name],
                      "flops": flops[s.name], "host_sync": s.host_sync,
-                     "workload": dict(getattr(model.get_submodule(s.name), "last_workload",
-                                              None) or {})}
+                     "workload": stage_workload(model, s)}
             for s in stages
         },
     }

@@ -32,7 +32,14 @@ import torch
 
 from architectures import build_model, resolve_preset
 from architectures.retrieval import Retriever, take
-from feature_extractors import ImageBatch, RegionBatch, Tokens, spec_for_config
+from feature_extractors import (
+    ImageBatch,
+    RegionBatch,
+    Stage,
+    Tokens,
+    spec_for_config,
+    stage_workload,
+)
 
 from .flops import count_flops, count_params
 from .memory import peak_bytes, reset_peak
@@ -212,9 +219,9 @@ def measure_retrieval_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
             return fn()
 
     stages = retriever.stages()
-    gallery_names = [s.name for s in stages if s.name.split(".")[0] == "gallery"]
-    query_names = [s.name for s in stages if s.name.split(".")[0] == "query"]
-    params_total, params = count_params(retriever, [s.name for s in stages])
+    gallery_stages = [s for s in stages if s.name.split(".")[0] == "gallery"]
+    query_stages = [s for s in stages if s.name.split(".")[0] == "query"]
+    params_total, params = count_params(retriever, stages)
 
     # offline step: the gallery, in the largest batches that fit
     gallery_probe = find_batch_size(
@@ -228,10 +235,10 @@ def measure_retrieval_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
         return state["cache"]
 
     reset_peak(device)
-    _, gallery_flops = count_flops(retriever, gallery_forward, gallery_names)
-    gallery = measure(gallery_forward, retriever, gallery_names, device, options.timing)
+    _, gallery_flops = count_flops(retriever, gallery_forward, gallery_stages)
+    gallery = measure(gallery_forward, retriever, gallery_stages, device, options.timing)
     cache = state["cache"]
-    gallery_workload = _workloads(retriever, gallery_names)
+    gallery_workload = _workloads(retriever, gallery_stages)
 
     # per query: a fusion model's pairs in the largest batches that fit
     pair_probe = None
@@ -246,10 +253,10 @@ def measure_retrieval_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
     def query_forward() -> object:
         return run(lambda: retriever("query", inputs.query, cache, pair_batch))
 
-    query_flops_total, query_flops = count_flops(retriever, query_forward, query_names)
-    query = measure(query_forward, retriever, query_names, device, options.timing)
+    query_flops_total, query_flops = count_flops(retriever, query_forward, query_stages)
+    query = measure(query_forward, retriever, query_stages, device, options.timing)
     peak = peak_bytes(device)
-    workload = {**gallery_workload, **_workloads(retriever, query_names)}
+    workload = {**gallery_workload, **_workloads(retriever, query_stages)}
     workload["gallery"] = {"items": n, "batch": gallery_probe.size,
                            "batches": math.ceil(n / gallery_probe.size)}
     if pair_batch is not None:
@@ -292,14 +299,9 @@ def measure_retrieval_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
     )
 
 
-def _workloads(retriever: Retriever, names: list[str]) -> dict[str, dict[str, int]]:
+def _workloads(retriever: Retriever, stages: list[Stage]) -> dict[str, dict[str, int]]:
     """Data-dependent work a stage recorded in its last call (a detector's proposals)."""
-    out = {}
-    for name in names:
-        work = getattr(retriever.get_submodule(name), "last_workload", None)
-        if work:
-            out[name] = dict(work)
-    return out
+    return {s.name: work for s in stages if (work := stage_workload(retriever, s))}
 
 
 def _describe(retriever: Retriever, spec: CaseSpec, gallery_probe: BatchProbe,

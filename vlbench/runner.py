@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from architectures import build_model, resolve_preset
-from feature_extractors import spec_for_config
+from feature_extractors import spec_for_config, stage_workload
 
 from .calibrate import matmul_peak_flops
 from .compiled import measure_end_to_end, prepare_compiled
@@ -221,20 +221,19 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
             return model(*inputs)
 
     stages = model.stages()
-    names = [s.name for s in stages]
     if spec.mode == "cudagraphs":
         synced = [s.name for s in stages if s.host_sync]
         if synced:
             raise UnsupportedCase("CUDA graphs cannot capture data-dependent stages "
                                   f"({', '.join(synced)})")
-    params_total, params = count_params(model, names)
+    params_total, params = count_params(model, stages)
     # FLOPs always on the eager model (doubles as its first warm-up)
-    flops_total, flops = count_flops(model, forward, names)
+    flops_total, flops = count_flops(model, forward, stages)
 
     reset_peak(device)
     if spec.mode == "eager":
         timed = forward
-        measured = measure(forward, model, names, device, options.timing)
+        measured = measure(forward, model, stages, device, options.timing)
         stages_ms, calls = measured.stages_ms, measured.calls
         end_to_end_ms = measured.end_to_end_ms
         settings["iterations"] = (
@@ -251,14 +250,13 @@ def _measure_case(spec: CaseSpec, options: CaseOptions) -> CaseResult:
     peak = peak_bytes(device)
     stage_peaks: dict[str, int] = {}
     if device.type == "cuda" and spec.mode == "eager":
-        with StageMemory(model, names, device) as tracker:
+        with StageMemory(model, stages, device) as tracker:
             forward()
         stage_peaks = tracker.peaks
     if options.trace_dir:
         settings["trace"] = write_trace(spec, timed, device, options.trace_dir)
 
-    workload = {name: dict(getattr(model.get_submodule(name), "last_workload", None) or {})
-                for name in names}
+    workload = {s.name: stage_workload(model, s) for s in stages}
     stage_results = []
     for s in stages:
         timing = summarize(stages_ms[s.name]) if s.name in stages_ms else None

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from feature_extractors import Stage, stage_paths
+
 
 class StageNotFiredError(RuntimeError):
     """A declared stage did not run during a forward: the stage vocabulary is wrong."""
@@ -62,23 +64,39 @@ class Measurement:
     shared: bool = False
 
 
+def _hook(model: nn.Module, stages: Sequence[Stage | str], pre: Callable[..., None],
+          post: Callable[..., None]) -> list[Any]:
+    """Forward pre/post hooks on every module of every stage, called with the stage's name (a
+    named set's modules all report to their stage; a module it names twice, shared between
+    layers, is hooked once)."""
+    handles = []
+    for stage in stages:
+        name, paths = stage_paths(stage)
+        modules = {id(m): m for m in (model.get_submodule(path) for path in paths)}
+        for module in modules.values():
+            handles.append(module.register_forward_pre_hook(partial(pre, name)))
+            handles.append(module.register_forward_hook(partial(post, name)))
+    return handles
+
+
 class StageHooks:
-    """Context manager: while active, every forward of the named submodules is timed.
+    """Context manager: while active, every forward of the stages' modules is timed (a stage
+    that is a named set of modules sums their calls).
 
     ``collect()`` ends an iteration: it returns {stage: (milliseconds, calls)} and resets.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str], device: torch.device) -> None:
-        self.modules = {name: model.get_submodule(name) for name in names}
+    def __init__(self, model: nn.Module, stages: Sequence[Stage | str],
+                 device: torch.device) -> None:
+        self.model, self.stages = model, list(stages)
+        names = [stage_paths(s)[0] for s in self.stages]
         self.cuda = device.type == "cuda"
         self._open: dict[str, list[Any]] = {name: [] for name in names}
         self._spans: dict[str, list[Any]] = {name: [] for name in names}
         self._handles: list[Any] = []
 
     def __enter__(self) -> StageHooks:
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_pre_hook(partial(self._pre, name)))
-            self._handles.append(module.register_forward_hook(partial(self._post, name)))
+        self._handles = _hook(self.model, self.stages, self._pre, self._post)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -133,7 +151,7 @@ def time_end_to_end(forward: Callable[[], object], device: torch.device) -> floa
 def measure(
     forward: Callable[[], object],
     model: nn.Module,
-    stage_names: Sequence[str],
+    stages: Sequence[Stage | str],
     device: torch.device,
     options: TimingOptions,
 ) -> Measurement:
@@ -150,8 +168,8 @@ def measure(
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    result = Measurement(stages_ms={name: [] for name in stage_names}, shared=shared)
-    hooks = StageHooks(model, stage_names, device)
+    result = Measurement(stages_ms={stage_paths(s)[0]: [] for s in stages}, shared=shared)
+    hooks = StageHooks(model, stages, device)
     began = time.perf_counter()
     while True:
         with hooks:
@@ -181,17 +199,16 @@ class StageMemory:
     it began. Nested stages share the one peak counter, so each reset first folds the running
     peak into every open stage."""
 
-    def __init__(self, model: nn.Module, names: Sequence[str], device: torch.device) -> None:
-        self.modules = {name: model.get_submodule(name) for name in names}
+    def __init__(self, model: nn.Module, stages: Sequence[Stage | str],
+                 device: torch.device) -> None:
+        self.model, self.stages = model, list(stages)
         self.device = device
-        self.peaks: dict[str, int] = {name: 0 for name in names}
+        self.peaks: dict[str, int] = {stage_paths(s)[0]: 0 for s in self.stages}
         self._open: list[tuple[str, int, list[int]]] = []  # (name, base, [running peak])
         self._handles: list[Any] = []
 
     def __enter__(self) -> StageMemory:
-        for name, module in self.modules.items():
-            self._handles.append(module.register_forward_pre_hook(partial(self._pre, name)))
-            self._handles.append(module.register_forward_hook(partial(self._post, name)))
+        self._handles = _hook(self.model, self.stages, self._pre, self._post)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,10 @@
-"""Fusion schemes: ``forward(text: Tokens, vision: Tokens) -> FusionOutput``."""
+"""Fusion schemes: ``forward(text: Tokens, vision: Tokens) -> FusionOutput``.
+
+A ``FusionSpec`` also says how an ``EMBEDDER+FUSION`` pair is built with it (``defaults``: its
+base and tiny configs; ``text_embedder``: the text side it reads), so a plugin's fusion composes
+with every embedder exactly as a built-in one does. A fusion config names the widths it works at
+as ``text_width`` and ``vision_width`` (the embedders are built at those widths).
+"""
 
 from __future__ import annotations
 
@@ -7,33 +13,40 @@ from typing import Any
 
 from torch import nn
 
-from feature_extractors import Registry
+from feature_extractors import Registry, StageKind
 
 from .base import FusionOutput
-from .dual_encoder import DualEncoder, DualEncoderConfig
-from .single_stream import SingleStream, SingleStreamConfig
-from .two_stream import TwoStream, TwoStreamConfig
+from .dual_encoder import TINY_DUAL_ENCODER, DualEncoder, DualEncoderConfig
+from .single_stream import TINY_SINGLE_STREAM, SingleStream, SingleStreamConfig
+from .two_stream import TINY_VILBERT, TwoStream, TwoStreamConfig
 
 
 @dataclass(frozen=True)
 class FusionSpec:
     name: str
-    kind: str  # stage category of the fusion stage as a whole
+    kind: StageKind | str  # stage kind of the fusion stage as a whole
     config: type
     module: type[nn.Module]
     description: str
+    #: (base config, tiny config) of a composed pair; None: the fusion cannot be composed
+    defaults: tuple[Any, Any] | None = None
+    #: the text embedder (a name in ``feature_extractors.EMBEDDERS``) a composed pair uses
+    text_embedder: str = "bert-text"
 
 
 FUSIONS: Registry[FusionSpec] = Registry("fusion")
 FUSIONS.register("single-stream", FusionSpec(
-    "single-stream", "interaction", SingleStreamConfig, SingleStream,
-    "one transformer over [text; image] tokens (ViLT, UNITER, VisualBERT)"))
+    "single-stream", StageKind.INTERACTION, SingleStreamConfig, SingleStream,
+    "one transformer over [text; image] tokens (ViLT, UNITER, VisualBERT)",
+    defaults=(SingleStreamConfig(), TINY_SINGLE_STREAM)))
 FUSIONS.register("two-stream", FusionSpec(
-    "two-stream", "interaction", TwoStreamConfig, TwoStream,
-    "text and visual streams joined by co-attention blocks (ViLBERT, LXMERT)"))
+    "two-stream", StageKind.INTERACTION, TwoStreamConfig, TwoStream,
+    "text and visual streams joined by co-attention blocks (ViLBERT, LXMERT)",
+    defaults=(TwoStreamConfig(), TINY_VILBERT)))
 FUSIONS.register("dual-encoder", FusionSpec(
-    "dual-encoder", "interaction", DualEncoderConfig, DualEncoder,
-    "separate vision and text towers, projections, dot product (CLIP)"))
+    "dual-encoder", StageKind.INTERACTION, DualEncoderConfig, DualEncoder,
+    "separate vision and text towers, projections, dot product (CLIP)",
+    defaults=(DualEncoderConfig(), TINY_DUAL_ENCODER), text_embedder="clip-text"))
 
 
 def fusion_spec_for_config(config: Any) -> FusionSpec:

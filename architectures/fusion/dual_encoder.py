@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feature_extractors import Tokens
+from feature_extractors import StageKind, Tokens
 
 from ..layers import Encoder, adapter
 from .base import FusionOutput
@@ -30,6 +30,12 @@ class DualEncoderConfig:
     text_mlp_dim: int = 2048
     activation: str = "quick_gelu"
     eps: float = 1e-5
+
+
+#: a composed pair's dual encoder at test widths (the base one is CLIP ViT-B, the defaults)
+TINY_DUAL_ENCODER = DualEncoderConfig(
+    embed_dim=32, vision_width=64, vision_depth=2, vision_heads=2, vision_mlp_dim=128,
+    text_width=32, text_depth=2, text_heads=2, text_mlp_dim=64)
 
 
 class VisionTower(nn.Module):
@@ -88,9 +94,9 @@ class Contrastive(nn.Module):
 
 class DualEncoder(nn.Module):
     substages = {
-        "vision_tower": "single_modality",
-        "text_tower": "single_modality",
-        "interaction": "interaction",
+        "vision_tower": StageKind.SINGLE_MODALITY,
+        "text_tower": StageKind.SINGLE_MODALITY,
+        "interaction": StageKind.INTERACTION,
     }
 
     def __init__(self, *, text_dim: int, vision_dim: int, embed_dim: int, vision_width: int,

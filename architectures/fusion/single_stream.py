@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from feature_extractors import Tokens
+from feature_extractors import StageKind, Tokens
 
 from ..layers import Encoder, adapter
 from .base import FusionOutput
@@ -24,12 +24,24 @@ class SingleStreamConfig:
     eps: float = 1e-12
     num_modalities: int = 2
 
+    @property
+    def text_width(self) -> int:
+        return self.width
+
+    @property
+    def vision_width(self) -> int:
+        return self.width
+
+
+#: a composed pair's single stream at test widths (the base one is BERT-base, the defaults)
+TINY_SINGLE_STREAM = SingleStreamConfig(width=64, depth=2, heads=2, mlp_dim=128)
+
 
 class SingleStream(nn.Module):
     """Modality-type embeddings, pre-LN blocks, final LayerNorm, pooler (Linear + tanh on the
     first token, which is the text [CLS])."""
 
-    substages = {"encoder": "interaction"}
+    substages = {"encoder": StageKind.INTERACTION}
 
     def __init__(
         self,

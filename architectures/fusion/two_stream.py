@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from feature_extractors import Tokens
+from feature_extractors import StageKind, Tokens
 
 from ..layers import AttentionSublayer, FeedForward, PostLNBlock, adapter, key_padding_mask
 from .base import FusionOutput
@@ -109,6 +109,13 @@ def check_layout(
                     f"{i - 1} (after {previous}): positions must not decrease"
                 )
             previous = position
+
+
+#: ViLBERT-base (the defaults) at test widths, for tiny twins and composed pairs
+TINY_VILBERT = TwoStreamConfig(
+    text_width=64, text_depth=4, text_heads=2, text_mlp_dim=128, vision_width=96,
+    vision_depth=2, vision_heads=2, vision_mlp_dim=96, cross_width=96, cross_heads=2,
+    text_layers_before_cross=(2, 3), vision_layers_before_cross=(0, 1))
 
 
 class StreamLayers(nn.Module):
@@ -334,14 +341,14 @@ class TwoStream(nn.Module):
             cross_width=cross_width,
         )
         self.out_dim = self.pooler.out_dim
-        self.substages: dict[str, str] = {}
+        self.substages: dict[str, StageKind] = {}
         if text_depth:
-            self.substages["text_stream"] = "single_modality"
+            self.substages["text_stream"] = StageKind.SINGLE_MODALITY
         if vision_depth:
-            self.substages["vision_stream"] = "single_modality"
+            self.substages["vision_stream"] = StageKind.SINGLE_MODALITY
         if self.text_layers_before_cross:
-            self.substages["co_attention"] = "interaction"
-        self.substages["pooler"] = "interaction"
+            self.substages["co_attention"] = StageKind.INTERACTION
+        self.substages["pooler"] = StageKind.INTERACTION
         self.schedule = self._schedule(text_depth, vision_depth)
 
     def _schedule(self, text_depth: int, vision_depth: int) -> tuple[tuple[str, int, int], ...]:

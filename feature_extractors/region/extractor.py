@@ -14,12 +14,13 @@ trained model does, not what random scores happen to allow. ``last_workload`` re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from ..stages import StageKind
 from ..tokens import ImageBatch, Tokens
 from .backbone import ResNetC4, ResNetFPN
 from .box_head import MLPBoxHead, Res5BoxHead
@@ -61,6 +62,20 @@ class RegionFeaturesConfig:
 
 
 EMBEDDINGS = ("uniter", "vilbert", "lxmert", "visualbert")
+
+# A region detector for tests: the same stages at toy sizes (a narrow trunk, 11 classes,
+# 20 proposals, 7x7 RoIs, 6 boxes) so a forward takes well under a second.
+TINY_REGIONS = RegionFeaturesConfig(
+    backbone="tiny", num_classes=11, pre_nms_top_n=200, post_nms_top_n=20, roi_size=7,
+    num_boxes=6, width=64,
+)
+
+
+def canonical_region(width: int, tiny: bool) -> tuple[RegionFeaturesConfig, tuple[int, int]]:
+    """How ``region+FUSION`` pairs build this embedder: bottom-up attention's R101-C4 at
+    800x1333, its tokens at the fusion's visual width."""
+    base = TINY_REGIONS if tiny else RegionFeaturesConfig()
+    return replace(base, width=width), (128, 160) if tiny else (800, 1333)
 
 
 class RegionEmbedding(nn.Module):
@@ -168,10 +183,11 @@ class RegionFeatures(nn.Module):
                                    max_boxes=max_boxes, conf_threshold=conf_threshold)
         self.embed = RegionEmbedding(feature_dim=2048, location_dims=location_dims, width=width,
                                      style=embedding)
-        self.substages = {"backbone": "backbone", **({"fpn": "backbone"} if self.fpn else {}),
-                          "rpn": "region_ops", "roi_pool": "region_ops",
-                          "box_head": "region_ops", "nms": "region_ops", "select": "region_ops",
-                          "embed": "visual_embedding"}
+        ops = StageKind.REGION_OPS
+        self.substages = {"backbone": StageKind.BACKBONE,
+                          **({"fpn": StageKind.BACKBONE} if self.fpn else {}),
+                          "rpn": ops, "roi_pool": ops, "box_head": ops, "nms": ops, "select": ops,
+                          "embed": StageKind.VISUAL_EMBEDDING}
         self.last_workload: dict[str, int] = {}
 
     def num_tokens(self, image_size: tuple[int, int]) -> int:
@@ -248,6 +264,14 @@ class RegionBatch:
         return len(self.image_sizes)
 
 
+def canonical_precomputed(width: int, tiny: bool
+                          ) -> tuple[PrecomputedRegionsConfig, tuple[int, int]]:
+    """How ``precomputed+FUSION`` pairs build this embedder: 36 regions of an 800x1333 image."""
+    boxes = TINY_REGIONS.num_boxes if tiny else 36
+    return PrecomputedRegionsConfig(num_boxes=boxes, width=width), (
+        (128, 160) if tiny else (800, 1333))
+
+
 class PrecomputedRegions(nn.Module):
     """Precomputed region features -> tokens: only the region embedding runs, so a user sees the
     fusion cost without the detector."""
@@ -262,7 +286,7 @@ class PrecomputedRegions(nn.Module):
         self.global_token = global_token
         self.embed = RegionEmbedding(feature_dim=feature_dim, location_dims=location_dims,
                                      width=width, style=embedding)
-        self.substages = {"embed": "visual_embedding"}
+        self.substages = {"embed": StageKind.VISUAL_EMBEDDING}
 
     def num_tokens(self, image_size: tuple[int, int]) -> int:
         return self.num_boxes + int(self.global_token)
