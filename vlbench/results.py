@@ -1,8 +1,11 @@
-"""Immutable records of what a run measured: the vocabulary shared by runner, store and export.
+"""Immutable records of what a run measured: the vocabulary shared by measuring, store, export
+and reports.
 
 A case is one (model, batch size, input size, precision, device) measurement. Its record carries
 everything a later reader needs without the code that produced it: the statistics, the raw
-samples, FLOPs and parameters per stage, and the status (``ok`` / ``oom`` / ``error``).
+samples, FLOPs and parameters per stage, each stage's report category, the model's canonical
+input and the published figures it is compared with, and the status (``ok`` / ``oom`` /
+``error``). Pure: no torch, no model packages.
 """
 
 from __future__ import annotations
@@ -10,13 +13,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .paper import Figure1Bar, Table6Row
+
 #: Version of the exported JSON layout (``vlbench export --format json``). Bump on any change
 #: that renames or removes a field; adding a field keeps the version.
 SCHEMA_VERSION = 1
 
 STATUSES = ("ok", "oom", "error")
 #: execution modes a case can ask for (``CaseSpec.mode``)
-MODES = ("eager", "compile", "cudagraphs")
+EXECUTION_MODES = ("eager", "compile", "cudagraphs")
+#: how every FLOP count of vlbench is counted (torch.utils.flop_counter's convention)
+FLOP_CONVENTION = "one multiply-add = 2 FLOPs"
+#: a gap between the stage sum and end-to-end above this share is flagged in tables and reports
+STAGE_GAP_LIMIT = 0.05
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,9 @@ class StageResult:
     achieved_flops_per_s: float | None = None
     #: achieved FLOP/s over the run's measured matmul peak at the case's precision
     peak_share: float | None = None
+    #: the report category of ``kind`` (``feature_extractors.StageKind.category``), stored so
+    #: that readers need no model code; "" only in records built by hand
+    category: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,9 +87,15 @@ class CaseSpec:
     round: int = 0
     #: side of an interleaved A/B run ("A" baseline, "B" current); None: an ordinary run
     side: str | None = None
-    #: what is timed: None for one forward of the model; "retrieval-t2i" / "retrieval-i2t" for
-    #: ranking a gallery of ``batch_size`` candidates (``vlbench.retrieval``)
+    #: what is timed (the scenario): None for one forward of the model; "retrieval-t2i" /
+    #: "retrieval-i2t" for ranking a gallery of ``gallery_size`` candidates
     task: str | None = None
+
+    @property
+    def gallery_size(self) -> int | None:
+        """A retrieval case's gallery size N (stored in ``batch_size``, whose place it takes in
+        the case key and the export); None for a forward case."""
+        return self.batch_size if self.task is not None else None
 
 
 @dataclass(frozen=True)
@@ -99,6 +117,13 @@ class CaseResult:
     peak_mem_bytes: int | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # precision flags, threads, seeds
     wall_s: float = 0.0  # wall time spent on the case, build included
+    #: the model's canonical input (its preset's), None where not recorded (runs stored before
+    #: it was, models timed through the Python API)
+    canonical_image_size: tuple[int, int] | None = None
+    canonical_text_len: int | None = None
+    #: the ViLT paper's Table 6 row and Figure 1 bar for this model, as cited when measured
+    paper_row: Table6Row | None = None
+    paper_bar: Figure1Bar | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -123,7 +148,20 @@ class CaseResult:
             for s in data.get("stages", ())
         )
         rest = {
-            k: v for k, v in data.items() if k not in {"spec", "end_to_end", "stages"}
+            k: v for k, v in data.items()
+            if k not in {"spec", "end_to_end", "stages", "paper_row", "paper_bar"}
         }
         rest["end_to_end_samples_ms"] = tuple(rest.get("end_to_end_samples_ms", ()))
-        return CaseResult(spec=spec, end_to_end=e2e, stages=stages, **rest)
+        if rest.get("canonical_image_size") is not None:
+            rest["canonical_image_size"] = tuple(rest["canonical_image_size"])
+        row, bar = data.get("paper_row"), data.get("paper_bar")
+        return CaseResult(spec=spec, end_to_end=e2e, stages=stages,
+                          paper_row=Table6Row(**row) if row else None,
+                          paper_bar=Figure1Bar(**bar) if bar else None, **rest)
+
+
+def stage_gap(result: CaseResult) -> float | None:
+    """(stage sum - end-to-end) / end-to-end, the share the hooks or the glue account for."""
+    if result.end_to_end is None or result.stage_sum_ms is None:
+        return None
+    return (result.stage_sum_ms - result.end_to_end.median_ms) / result.end_to_end.median_ms

@@ -31,7 +31,7 @@ import yaml
 from architectures import resolve_preset
 
 from .precision import check_precision
-from .results import MODES, CaseSpec
+from .results import EXECUTION_MODES, CaseSpec
 
 
 class SuiteError(ValueError):
@@ -215,13 +215,13 @@ def _sizes(data: dict, tasks: tuple[str | None, ...]) -> tuple[tuple[int, ...],
 
 
 def parse_modes(values: list) -> tuple[str, ...]:
-    """Execution modes, each one of ``vlbench.results.MODES``, no repeats."""
+    """Execution modes, each one of ``vlbench.results.EXECUTION_MODES``, no repeats."""
     modes = tuple(str(v).strip() for v in values)
     if not modes:
         raise ValueError("'modes' must name at least one mode")
     for mode in modes:
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+        if mode not in EXECUTION_MODES:
+            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(EXECUTION_MODES)}")
     if len(set(modes)) != len(modes):
         raise ValueError(f"'modes' lists a mode twice: {', '.join(modes)}")
     return modes
