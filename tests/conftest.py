@@ -1,9 +1,9 @@
 """Shared test tools.
 
 ``vlbench run`` measures in worker processes by default. Tests that call ``main(["run", ...])``
-in-process and patch the runner (``monkeypatch.setattr(vlbench.runner, ...)``) need the patch to
-be seen, which a spawned worker would not; so the suite runs in-process unless a test asks for
-workers (the ``isolated`` fixture of tests/test_worker.py and tests/test_resume.py, and the
+in-process and patch the measuring code (``monkeypatch.setattr(vlbench.context, ...)``) need the
+patch to be seen, which a spawned worker would not; so the suite runs in-process unless a test
+asks for workers (the ``isolated`` fixture of tests/test_worker.py and tests/test_resume.py, and the
 subprocess runs of tests/live_runs.py).
 """
 

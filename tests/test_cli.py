@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import torch
 
+import vlbench.context
 from architectures import FUSIONS, PRESETS
 from feature_extractors import EMBEDDERS
 from vlbench.cli import main
@@ -495,9 +496,7 @@ def test_run_on_cuda_without_a_gpu_is_one_line(
 
 
 def _failing_build_model(monkeypatch: pytest.MonkeyPatch, fail: str, exc: BaseException) -> None:
-    import vlbench.runner
-
-    real = vlbench.runner.build_model
+    real = vlbench.context.build_model
 
     def build_model(preset, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         name = preset if isinstance(preset, str) else preset.name
@@ -505,7 +504,7 @@ def _failing_build_model(monkeypatch: pytest.MonkeyPatch, fail: str, exc: BaseEx
             raise exc
         return real(preset, *args, **kwargs)
 
-    monkeypatch.setattr(vlbench.runner, "build_model", build_model)
+    monkeypatch.setattr(vlbench.context, "build_model", build_model)
 
 
 @pytest.mark.parametrize(
@@ -552,12 +551,10 @@ def test_a_failing_case_is_stored_and_the_others_still_run(
 def test_when_every_case_fails_the_run_still_finishes_but_exits_1(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import vlbench.runner
-
     def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("nothing builds")
 
-    monkeypatch.setattr(vlbench.runner, "build_model", broken)
+    monkeypatch.setattr(vlbench.context, "build_model", broken)
     db = tmp_path / "r.sqlite"
     code, out, _ = cli(capsys, *tiny_run(db))
     assert code == 1

@@ -11,14 +11,17 @@ import pytest
 import torch
 
 from vlbench.cli import main
+from vlbench.launchers import run_cases
+from vlbench.measure import run_case
+from vlbench.options import LaunchOptions, MeasureOptions, RunOptions
 from vlbench.results import CaseSpec
-from vlbench.runner import CaseOptions, run_case, run_cases, trace_path
 from vlbench.store import Store
 from vlbench.suites import SuiteError, parse_suite, usable_cores
 from vlbench.table import results_table
 from vlbench.timing import TimingOptions
+from vlbench.trace import trace_path
 
-FAST = CaseOptions(TimingOptions(warmup=1, min_repeats=3, min_time_s=0.0, max_repeats=3))
+FAST = MeasureOptions(TimingOptions(warmup=1, min_repeats=3, min_time_s=0.0, max_repeats=3))
 
 
 def tiny(**changes: object) -> CaseSpec:
@@ -28,7 +31,7 @@ def tiny(**changes: object) -> CaseSpec:
 
 
 def test_compile_is_timed_end_to_end_only() -> None:
-    options = CaseOptions(FAST.timing, compile_backend="aot_eager")
+    options = MeasureOptions(FAST.timing, compile_backend="aot_eager")
     r = run_case(tiny(mode="compile"), options)
     assert r.status == "ok", r.message
     assert r.end_to_end is not None and r.end_to_end.n == 3
@@ -60,8 +63,8 @@ def test_unknown_mode_is_a_recorded_failure() -> None:
 def test_case_threads_apply_and_the_run_setting_comes_back() -> None:
     before = torch.get_num_threads()
     try:
-        results = run_cases([tiny(threads=1), tiny()], CaseOptions(FAST.timing, threads=2),
-                            on_result=lambda r: None)
+        results = run_cases([tiny(threads=1), tiny()],
+                            RunOptions(FAST, LaunchOptions(threads=2)), on_result=lambda r: None)
         assert [r.status for r in results] == ["ok", "ok"]
         assert results[0].settings["threads"] == 1
         assert results[1].settings["threads"] == 2
@@ -113,7 +116,7 @@ def test_suite_modes_and_threads_forms() -> None:
 
 
 def test_trace_writes_one_chrome_trace_per_case(tmp_path: Path) -> None:
-    options = CaseOptions(FAST.timing, trace_dir=str(tmp_path))
+    options = MeasureOptions(FAST.timing, trace_dir=str(tmp_path))
     specs = [tiny(), tiny(threads=1)]
     results = [run_case(spec, options) for spec in specs]
     paths = [trace_path(spec, tmp_path) for spec in specs]

@@ -26,12 +26,13 @@ import psutil
 import pytest
 
 from vlbench.cli import main
-from vlbench.ray_executor import job_runtime_env, request_for
+from vlbench.launchers.ray_cluster import job_runtime_env
+from vlbench.launchers.ray_dispatch import request_for
+from vlbench.options import LaunchOptions
 from vlbench.report import write_report
 from vlbench.report.devices import device_rows, device_tags, label_devices
 from vlbench.report.html import Case
 from vlbench.results import CaseResult, CaseSpec
-from vlbench.runner import CaseOptions
 from vlbench.store import Store, case_key
 from vlbench.table import results_table
 
@@ -292,7 +293,7 @@ def test_an_address_nothing_answers_is_one_line_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     """Checked before Ray is asked (whose own retries take minutes), and nothing is stored."""
-    monkeypatch.setattr("vlbench.ray_executor.check_ray_available", lambda: None)
+    monkeypatch.setattr("vlbench.cli.run.check_ray_available", lambda: None)
     db = tmp_path / "r.sqlite"
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens
         probe.bind(("127.0.0.1", 0))
@@ -307,7 +308,7 @@ def test_an_address_nothing_answers_is_one_line_exit_2(
 def test_a_case_asks_for_a_whole_gpu_or_a_whole_node() -> None:
     cpu = CaseSpec("vilt-b32-tiny", 1, (64, 96), 8, "fp32", "cpu")
     gpu = replace(cpu, device="cuda:3")
-    alone, shared = CaseOptions(threads=2), CaseOptions(threads=2, allow_shared=True)
+    alone, shared = LaunchOptions(threads=2), LaunchOptions(threads=2, allow_shared=True)
     gpu_node, cpu_node = {"CPU": 16.0, "GPU": 8.0}, {"CPU": 8.0}
     assert request_for(gpu, gpu_node, alone) == {"CPU": 1.0, "GPU": 1.0}
     assert request_for(gpu, cpu_node, alone) is None

@@ -15,8 +15,9 @@ from feature_extractors import (
     RegionFeaturesConfig,
     build_embedder,
 )
+from vlbench.measure import run_case
+from vlbench.options import MeasureOptions
 from vlbench.results import CaseSpec
-from vlbench.runner import CaseOptions, run_case
 from vlbench.timing import TimingOptions
 
 TINY = PRESETS.get("uniter-base-tiny").visual
@@ -155,7 +156,7 @@ def test_every_region_preset_has_a_precomputed_twin():
 
 def test_case_records_the_region_workload():
     spec = CaseSpec("uniter-base-tiny", 1, (128, 160), 8, "fp32", "cpu")
-    r = run_case(spec, CaseOptions(TimingOptions(warmup=0, min_repeats=2, min_time_s=0,
+    r = run_case(spec, MeasureOptions(TimingOptions(warmup=0, min_repeats=2, min_time_s=0,
                                                  max_repeats=2)))
     assert r.status == "ok", r.message
     stages = {s.name: s for s in r.stages}

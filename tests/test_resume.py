@@ -12,6 +12,7 @@ import pytest
 from live_runs import FOUR_CASES, is_gone, start_run, wait_for_cases, worker_pid
 
 from vlbench.cli import NO_ISOLATION_ENV, main
+from vlbench.options import RunOptions
 from vlbench.results import CaseResult, CaseSpec
 from vlbench.store import RunActiveError, Store, case_key
 
@@ -166,10 +167,8 @@ def _spec(batch: int) -> CaseSpec:
 
 def _run_with_cases(store: Store, specs: list[CaseSpec], done: int) -> int:
     """A run as ``vlbench run`` records it, with its first ``done`` cases committed ok."""
-    from vlbench.runner import CaseOptions
-
     run_id = store.start_run(label=None, suite="t", command="vlbench run", env={},
-                             settings={"suite": "t", "device": "cpu", **CaseOptions().settings(),
+                             settings={"suite": "t", "device": "cpu", **RunOptions().settings(),
                                        "cases": [s.__dict__ for s in specs]})
     for spec in specs[:done]:
         store.add_case(run_id, CaseResult(spec=spec, status="ok"))

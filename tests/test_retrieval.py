@@ -11,11 +11,11 @@ import torch
 
 from architectures import build_model, resolve_preset
 from architectures.retrieval import PairScorer, Retriever, pair_scores
-from vlbench import retrieval
 from vlbench.cli import main
+from vlbench.measure import run_case
+from vlbench.options import MeasureOptions
 from vlbench.report import write_report
 from vlbench.results import CaseResult, CaseSpec, StageResult
-from vlbench.retrieval import find_batch_size, gallery_batches
 from vlbench.retrieval_cli import retrieval_summary
 from vlbench.retrieval_cost import (
     CostCurve,
@@ -27,7 +27,9 @@ from vlbench.retrieval_cost import (
     describe_n,
     fit_linear_cost,
 )
-from vlbench.runner import CaseOptions, run_case
+from vlbench.scenarios import retrieval
+from vlbench.scenarios.batching import find_batch_size
+from vlbench.scenarios.retrieval import gallery_batches
 from vlbench.stats import summarize
 from vlbench.store import Store
 from vlbench.suites import SuiteError, load_suite, parse_suite
@@ -161,7 +163,7 @@ def test_a_case_runs_its_pairs_in_the_batch_that_fits(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(PairScorer, "forward", limited)
     spec = CaseSpec("vilt-b32-tiny", 8, (64, 96), 8, "fp32", "cpu", task="retrieval-t2i")
-    result = run_case(spec, CaseOptions(timing=TimingOptions(warmup=0, min_repeats=2,
+    result = run_case(spec, MeasureOptions(timing=TimingOptions(warmup=0, min_repeats=2,
                                                              min_time_s=0.0)))
     assert result.status == "ok", result.message
     info = result.settings["retrieval"]

@@ -8,6 +8,7 @@ from importlib import resources
 import pytest
 
 from architectures import PRESETS, resolve_preset
+from vlbench.parse import image_size, int_list
 from vlbench.results import CaseSpec
 from vlbench.suites import (
     ModelEntry,
@@ -15,8 +16,6 @@ from vlbench.suites import (
     SuiteError,
     builtin_suites,
     load_suite,
-    parse_image_size,
-    parse_int_list,
     parse_suite,
 )
 from vlbench.timing import TimingOptions
@@ -268,7 +267,7 @@ def test_bad_suite_file_names_the_file(tmp_path) -> None:
     ],
 )
 def test_parse_image_size(text: object, expected: tuple[int, int]) -> None:
-    assert parse_image_size(text) == expected
+    assert image_size(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -276,7 +275,7 @@ def test_parse_image_size(text: object, expected: tuple[int, int]) -> None:
 )
 def test_parse_image_size_rejects_bad_forms(text: str) -> None:
     with pytest.raises(ValueError, match="HEIGHTxWIDTH") as info:
-        parse_image_size(text)
+        image_size(text)
     assert repr(text) in str(info.value)
 
 
@@ -285,13 +284,13 @@ def test_parse_image_size_rejects_bad_forms(text: str) -> None:
     [("1", (1,)), ("1,8,32", (1, 8, 32)), ("2, 4", (2, 4)), (16, (16,))],
 )
 def test_parse_int_list(text: object, expected: tuple[int, ...]) -> None:
-    assert parse_int_list(text, "--batch-sizes") == expected
+    assert int_list(text, "--batch-sizes") == expected
 
 
 @pytest.mark.parametrize("text", ["", "0", "1,0", "-1", "1,x", "1,,2", "1.5", "a,b"])
 def test_parse_int_list_rejects_non_positive_or_non_integers(text: str) -> None:
     with pytest.raises(ValueError) as info:
-        parse_int_list(text, "--batch-sizes")
+        int_list(text, "--batch-sizes")
     message = str(info.value)
     assert message.startswith("--batch-sizes must be positive integers")
     assert repr(text) in message

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from vlbench import runner
 from vlbench.cli import main
 from vlbench.fit import fit_token_scaling, scaling_table
+from vlbench.launchers import OomCutoff, inline, run_cases
+from vlbench.options import RunOptions
 from vlbench.results import CaseResult, CaseSpec, StageResult
-from vlbench.runner import CaseOptions, OomCutoff, run_cases
 from vlbench.stats import summarize
 from vlbench.store import Store
 from vlbench.suites import ModelEntry, SuiteError, load_suite, parse_suite
@@ -105,10 +105,10 @@ def test_cutoff_drops_larger_batches_of_the_model_after_an_oom() -> None:
 
 
 def test_run_cases_applies_the_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner, "run_case", lambda case, options: outcome(case, oom_at=4))
+    monkeypatch.setattr(inline, "run_case", lambda case, options: outcome(case, oom_at=4))
     recorded: list[CaseResult] = []
     cases = [spec(m, b) for m in ("a", "b") for b in (1, 2, 4, 8, 16)]
-    results = run_cases(cases, CaseOptions(), recorded.append)
+    results = run_cases(cases, RunOptions(), recorded.append)
     assert results == recorded
     assert [(r.spec.model, r.spec.batch_size, r.status) for r in results] == [
         ("a", 1, "ok"), ("a", 2, "ok"), ("a", 4, "oom"),

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from live_runs import FOUR_CASES, is_gone, start_run, wait_for_cases, worker_pid
 
+from vlbench.budget import choose_memory_budget, default_memory_budget
 from vlbench.cli import NO_ISOLATION_ENV, main
+from vlbench.launchers import run_cases
+from vlbench.options import LaunchOptions, MeasureOptions, RunOptions
 from vlbench.results import CaseSpec
-from vlbench.runner import CaseOptions, run_cases
 from vlbench.store import Store
 from vlbench.timing import TimingOptions
-from vlbench.worker import choose_memory_budget, default_memory_budget
 
 FAST = ("--warmup", "1", "--repeats", "2", "--min-time", "0", "--no-progress", "--device", "cpu")
 TIMING = TimingOptions(warmup=1, min_repeats=2, min_time_s=0.0, max_repeats=2)
@@ -55,7 +56,8 @@ def test_a_healthy_worker_is_reused_and_measures_like_this_process() -> None:
     big = CaseSpec("vilt-b32-tiny", 48, (384, 640), 8, "fp32", "cpu")
     small = CaseSpec("vilt-b32-tiny", 1, (64, 96), 8, "fp32", "cpu")
     recorded = []
-    options = CaseOptions(TIMING, seed=7, threads=1, isolated=True)
+    options = RunOptions(MeasureOptions(TIMING, seed=7),
+                         LaunchOptions(threads=1, isolation="process"))
     first, second = run_cases([big, small], options, recorded.append)
     assert recorded == [first, second]
     assert first.status == second.status == "ok", (first.message, second.message)
@@ -63,7 +65,8 @@ def test_a_healthy_worker_is_reused_and_measures_like_this_process() -> None:
     assert first.settings["threads"] == second.settings["threads"] == 1
     assert first.settings["seed"] == second.settings["seed"] == 7
     assert first.peak_mem_bytes - second.peak_mem_bytes > 100 * 2**20  # 48 images: 141 MB
-    (here,) = run_cases([small], CaseOptions(TIMING, seed=7, threads=1), lambda r: None)
+    (here,) = run_cases([small], RunOptions(MeasureOptions(TIMING, seed=7),
+                                            LaunchOptions(threads=1)), lambda r: None)
     assert "worker_pid" not in here.settings
     # the measured matmul peak is a measurement, not a setting: equal only in kind
     settings = {k: v for k, v in second.settings.items() if k not in ("worker_pid", "peak_flops")}

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .precision import MODES, apply_precision
+from .precision import autocast_dtype
 
 #: square matrix size per device type: large enough to reach the GEMM plateau
 SIZES = {"cpu": 1024, "cuda": 8192}
@@ -18,11 +18,11 @@ SIZES = {"cpu": 1024, "cuda": 8192}
 def matmul_peak_flops(device: str | torch.device, precision: str = "fp32",
                       min_time_s: float = 0.5, size: int | None = None) -> float:
     """FLOP/s of an n x n matrix product at ``precision`` (best of repeated products; one
-    multiply-add = 2 FLOPs), with the precision flags the cases of the run use."""
+    multiply-add = 2 FLOPs) under the precision flags in force: the case context applies the
+    case's flags first (``vlbench.context``), so the yardstick runs as the case does."""
     device = torch.device(device)
-    apply_precision(precision)
     n = size or SIZES.get(device.type, 1024)
-    dtype = MODES[precision][1] or torch.float32
+    dtype = autocast_dtype(precision) or torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     flops = 2.0 * n**3

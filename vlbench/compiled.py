@@ -11,36 +11,45 @@ from typing import Any
 
 import torch
 
-from .precision import autocast
-from .timing import MIN_SAMPLES, TimingOptions, time_end_to_end
+from .context import CaseContext
+from .options import TimingOptions
+from .timing import time_end_to_end
 
 
-def prepare_compiled(mode: str, model: torch.nn.Module, inputs: tuple, forward: Callable,
-                      device: torch.device, precision: str, backend: str | None,
-                      ) -> tuple[Callable[[], object], float, dict[str, Any]]:
+def prepare_compiled(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, Any]]:
     """The forward to time for a compiled or captured case, the cold-start seconds (the first
     compiled forward, or warm-up plus capture) and what to record about it."""
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    if ctx.spec.mode == "compile":
+        return _compile(ctx)
+    return _capture(ctx)
 
-    if mode == "compile":
-        import torch._dynamo
 
-        torch._dynamo.reset()  # every case pays its own compile: the cold start is recorded
-        torch._dynamo.utils.counters.clear()
-        compiled = torch.compile(model, backend=backend) if backend else torch.compile(model)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
-        def timed() -> object:
-            with torch.inference_mode(), autocast(precision, device.type):
-                return compiled(*inputs)
 
-        began = time.perf_counter()
-        timed()
-        sync()
-        cold = time.perf_counter() - began
-        breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
-        return timed, cold, {"compile_backend": backend or "inductor", "graph_breaks": breaks}
+def _compile(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, Any]]:
+    import torch._dynamo  # torch's compiler stack: loaded only for compile cases
+
+    backend = ctx.options.compile_backend
+    torch._dynamo.reset()  # every case pays its own compile: the cold start is recorded
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(ctx.model, backend=backend) if backend else torch.compile(ctx.model)
+
+    def timed() -> object:
+        return ctx.call(compiled)
+
+    began = time.perf_counter()
+    timed()
+    _sync(ctx.device)
+    cold = time.perf_counter() - began
+    breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
+    return timed, cold, {"compile_backend": backend or "inductor", "graph_breaks": breaks}
+
+
+def _capture(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, Any]]:
+    device, forward = ctx.device, ctx.forward
     # cudagraphs: warm up on a side stream, capture one forward, time its replay; autocast's
     # weight-cast cache stays off meanwhile, as torch's CUDA-graph notes ask
     began = time.perf_counter()
@@ -56,7 +65,7 @@ def prepare_compiled(mode: str, model: torch.nn.Module, inputs: tuple, forward: 
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             forward()
-        sync()
+        _sync(device)
     finally:
         torch.set_autocast_cache_enabled(cache)
     return graph.replay, time.perf_counter() - began, {}
@@ -64,16 +73,12 @@ def prepare_compiled(mode: str, model: torch.nn.Module, inputs: tuple, forward: 
 
 def measure_end_to_end(forward: Callable[[], object], device: torch.device,
                        options: TimingOptions) -> list[float]:
-    """End-to-end samples only (compiled and captured cases), with the stopping rules of
-    ``vlbench.timing.measure``."""
+    """End-to-end samples only (compiled and captured cases), with the stopping rule of every
+    timing loop (``TimingOptions.done``)."""
     for _ in range(options.warmup):
         time_end_to_end(forward, device)
     samples: list[float] = []
     began = time.perf_counter()
-    while True:
+    while not options.done(len(samples), time.perf_counter() - began):
         samples.append(time_end_to_end(forward, device))
-        n, elapsed = len(samples), time.perf_counter() - began
-        if n >= options.max_repeats or (n >= options.min_repeats and elapsed >= options.min_time_s):
-            return samples
-        if n >= min(MIN_SAMPLES, options.min_repeats) and elapsed >= options.max_time_s:
-            return samples
+    return samples

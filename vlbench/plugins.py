@@ -14,7 +14,7 @@ It reaches vlbench in one of two ways:
 
 * a file, ``--plugin path/to/file.py`` (repeatable), imported under a private module name; every
   worker process imports the same files before it builds a model, so a run's cases see what the
-  command line saw (``CaseOptions.plugins``, recorded with the run for ``--resume``);
+  command line saw (``LaunchOptions.plugins``, recorded with the run for ``--resume``);
 * an installed distribution's entry point in the group ``vlbench.plugins``
   (``[options.entry_points] vlbench.plugins = mine = my_package.vlbench_plugin``): a module,
   imported, or a callable, called with no arguments. Entry points load in every vlbench process.

@@ -1,8 +1,10 @@
-"""Precision modes, set explicitly for every case.
+"""Precisions, set explicitly for every case.
 
 torch's defaults run GPU convolutions in TF32 but matmuls in IEEE fp32, which silently favours
 CNN embedders in an "fp32" comparison, exactly the region/patch ratio vlbench measures. So every
-mode sets matmul *and* cuDNN precision itself and records the flags it leaves in force.
+precision sets matmul *and* cuDNN precision itself and records the flags it leaves in force.
+Names are checked where a run's options are read (``vlbench.results.PRECISIONS``); this module
+only applies them, once per case (``vlbench.context``).
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ from typing import Any
 
 import torch
 
-#: mode -> (fp32 math for matmul and convolution, autocast dtype or None)
-MODES: dict[str, tuple[str, torch.dtype | None]] = {
+from .results import PRECISIONS
+
+#: precision -> (fp32 math for matmul and convolution, autocast dtype or None)
+SETTINGS: dict[str, tuple[str, torch.dtype | None]] = {
     "fp32": ("ieee", None),
     "tf32": ("tf32", None),
     "bf16": ("ieee", torch.bfloat16),
     "fp16": ("ieee", torch.float16),
 }
+assert tuple(SETTINGS) == PRECISIONS
 
 
-def check_precision(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown precision {mode!r}; valid: {', '.join(MODES)}")
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The dtype a precision computes in under autocast; None for fp32 and tf32."""
+    return SETTINGS[precision][1]
 
 
 def _set_fp32_math(math: str) -> None:
@@ -68,21 +73,20 @@ def precision_flags() -> dict[str, Any]:
     return flags
 
 
-def apply_precision(mode: str) -> dict[str, Any]:
-    """Set the global flags for ``mode`` (cuDNN autotuning off, so runs are comparable) and
-    return them with the mode and its autocast dtype."""
-    check_precision(mode)
-    math, dtype = MODES[mode]
+def apply_precision(precision: str) -> dict[str, Any]:
+    """Set the global flags for ``precision`` (cuDNN autotuning off, so runs are comparable)
+    and return them with the precision and its autocast dtype."""
+    math, dtype = SETTINGS[precision]
     _set_fp32_math(math)
     torch.backends.cudnn.benchmark = False
-    return {"precision": mode, "autocast_dtype": str(dtype) if dtype else None,
+    return {"precision": precision, "autocast_dtype": str(dtype) if dtype else None,
             **precision_flags()}
 
 
 @contextlib.contextmanager
-def autocast(mode: str, device_type: str) -> Iterator[None]:
-    """Autocast for the reduced-precision modes; nothing for fp32 and tf32."""
-    dtype = MODES[mode][1]
+def autocast(precision: str, device_type: str) -> Iterator[None]:
+    """Autocast for the reduced precisions; nothing for fp32 and tf32."""
+    dtype = SETTINGS[precision][1]
     if dtype is None:
         yield
     else:

@@ -16,6 +16,7 @@ from architectures import build_model, resolve_preset
 from feature_extractors import stage_workload
 
 from .flops import count_flops, count_params
+from .results import FLOP_CONVENTION
 
 
 def profile_model(
@@ -48,7 +49,7 @@ def profile_model(
         "image_size": list(image_size),
         "text_len": text_len,
         "tokens": model.num_tokens(image_size, text_len),
-        "flop_convention": "one multiply-add = 2 FLOPs",
+        "flop_convention": FLOP_CONVENTION,
         "profiled_on": device,
         "params_total": params_total,
         "flops_total": flops_total,

@@ -22,6 +22,8 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "error")
 #: execution modes a case can ask for (``CaseSpec.mode``)
 EXECUTION_MODES = ("eager", "compile", "cudagraphs")
+#: numeric precisions a case can ask for (``CaseSpec.precision``; ``vlbench.precision`` sets them)
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: how every FLOP count of vlbench is counted (torch.utils.flop_counter's convention)
 FLOP_CONVENTION = "one multiply-add = 2 FLOPs"
 #: a gap between the stage sum and end-to-end above this share is flagged in tables and reports

@@ -1,7 +1,7 @@
 """What a resume has to do: a stored run's cases and options, and which cases are missing.
 
-A run records its case specs and measurement options when it starts (``settings["cases"]`` and
-``CaseOptions.settings()``), so ``vlbench run --resume`` needs nothing else from the command line
+A run records its case specs and options when it starts (``settings["cases"]`` and
+``RunOptions.settings()``), so ``vlbench run --resume`` needs nothing else from the command line
 and measures the missing cases exactly as the first pass would have. Missing means: no attempt
 yet, or a last attempt that failed; the store keeps every attempt and reads the last.
 """
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .context import resolve_device
+from .options import RunOptions
 from .results import CaseSpec
-from .runner import CaseOptions
 from .store import RunActiveError, Store, case_key
 
 
@@ -21,7 +22,7 @@ class ResumePlan:
     status: str  # the run's effective status before the resume
     cases: tuple[CaseSpec, ...]  # every case of the run, in sweep order
     missing: tuple[CaseSpec, ...]  # those to measure (again)
-    options: CaseOptions
+    options: RunOptions
     device: str
 
 
@@ -43,14 +44,12 @@ def plan_resume(store: Store, ref: str | int | None) -> ResumePlan:
     missing = tuple(c for c in cases if case_key(c) not in done)
     device = settings.get("device") or (cases[0].device if cases else "cpu")
     return ResumePlan(run_id=run_id, status=run.status, cases=cases, missing=missing,
-                      options=CaseOptions.from_settings(settings), device=device)
+                      options=RunOptions.from_settings(settings), device=device)
 
 
 def reopen(store: Store, ref: str | int | None) -> ResumePlan:
     """Plan a resume and take the run over (``Store.reopen_run``: running again, owned by this
     process). A run with nothing missing is only closed as finished, if it was not."""
-    from .runner import resolve_device
-
     plan = plan_resume(store, ref)
     if not plan.missing:
         if plan.status != "finished":  # died after its last case: only the ending was lost

@@ -16,15 +16,16 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
+from .launchers import run_cases
+from .options import RunOptions
 from .results import CaseResult, CaseSpec
-from .runner import CaseOptions, run_cases
 from .store import Store
 
 #: seconds between heartbeats while one case runs (the store calls a run dead after 600 s)
 HEARTBEAT_S = 60.0
 
 
-def execute(store: Store, run_id: int, cases: Sequence[CaseSpec], options: CaseOptions, *,
+def execute(store: Store, run_id: int, cases: Sequence[CaseSpec], options: RunOptions, *,
             show_progress: bool = True, resume_hint: str = "") -> int | None:
     """Measure ``cases`` into run ``run_id`` and end the run. Returns None when every case ran,
     or the exit status of an interrupted run (after saying how to resume it)."""

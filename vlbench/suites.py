@@ -6,16 +6,16 @@ so they are found from a non-editable install too. A suite entry is a preset nam
 with ``sweep: {image_size: [...]}`` (or ``text_len``) that stands for one entry per value: one
 input varied at a time, so that ``vlbench.fit`` can attribute the time change to token count.
 ``batch_sizes`` is a list, or ``{double_from: N, max: M}`` for N, 2N, 4N ... up to M; a run stops
-a model's larger batch sizes once one is out of memory (``vlbench.runner.OomCutoff``).
+a model's larger batch sizes once one is out of memory (``vlbench.launchers.OomCutoff``).
 ``modes`` lists execution modes (eager, compile, cudagraphs; default eager); ``threads`` is a
 list of CPU thread counts or ``all`` (1 up to the cores this process may use), one case each;
 without it every case uses the run's thread count.
 
-``tasks`` makes a suite time something other than one forward: ``retrieval-t2i`` and
-``retrieval-i2t`` rank a gallery (``vlbench.retrieval``). Such a suite names its gallery sizes
-``gallery_sizes`` (a list, or ``{double_from: N, max: M}``; they are the cases' ``batch_size``, so
-``--batch-sizes`` overrides them) and may give larger ones for GPU runs as
-``gallery_sizes_cuda``.
+``tasks`` makes a suite time something other than one forward (a scenario of
+``vlbench.scenarios``): ``retrieval-t2i`` and ``retrieval-i2t`` rank a gallery. Such a suite
+names its gallery sizes ``gallery_sizes`` (a list, or ``{double_from: N, max: M}``; they are the
+cases' ``gallery_size``, stored as ``batch_size``, so ``--batch-sizes`` overrides them) and may
+give larger ones for GPU runs as ``gallery_sizes_cuda``.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import yaml
 
 from architectures import resolve_preset
 
-from .precision import check_precision
-from .results import EXECUTION_MODES, CaseSpec
+from . import parse
+from .results import CaseSpec
+from .scenarios import known_tasks
 
 
 class SuiteError(ValueError):
@@ -95,32 +96,6 @@ def builtin_suites() -> list[str]:
     return sorted(p.name[:-5] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def parse_image_size(text: str) -> tuple[int, int]:
-    """'384x640' -> (384, 640); '224' -> (224, 224)."""
-    parts = str(text).lower().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) <= 0:
-        raise ValueError(f"image size must look like HEIGHTxWIDTH (e.g. 384x640), got {text!r}")
-    return values[0], values[1]
-
-
-def parse_int_list(text: str, what: str) -> tuple[int, ...]:
-    """'1,8,32' -> (1, 8, 32): positive integers separated by commas."""
-    try:
-        values = tuple(int(p) for p in str(text).split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) <= 0:
-        raise ValueError(f"{what} must be positive integers separated by commas "
-                         f"(e.g. 1,8,32), got {text!r}")
-    return values
-
-
 def load_suite(name_or_path: str) -> Suite:
     """A built-in suite by name, or a YAML file by path."""
     path = Path(name_or_path)
@@ -161,10 +136,8 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
             resolve_preset(entry.model)
         tasks = parse_tasks(data.get("tasks"))
         batches, cuda_batches = _sizes(data, tasks)
-        precisions = tuple(_list(data, "precisions", ["fp32"]))
-        for p in precisions:
-            check_precision(p)
-        modes = parse_modes(_list(data, "modes", ["eager"]))
+        precisions = parse.precisions(_list(data, "precisions", ["fp32"]))
+        modes = parse.execution_modes(_list(data, "modes", ["eager"]))
         threads = parse_threads(data.get("threads"))
         timing = data.get("timing") or {}
         if not isinstance(timing, dict):
@@ -186,16 +159,15 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
 
 
 def parse_tasks(value: Any) -> tuple[str | None, ...]:
-    """``tasks``: missing (one forward per case) or a list of retrieval tasks, no repeats."""
-    from .retrieval_cost import TASKS
-
+    """``tasks``: missing (one forward per case) or a list of scenario tasks, no repeats."""
     if value is None:
         return (None,)
     if not isinstance(value, list) or not value:
         raise ValueError(f"'tasks' must be a non-empty list, got {value!r}")
+    tasks = known_tasks()
     for task in value:
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; valid: {', '.join(TASKS)}")
+        if task not in tasks:
+            raise ValueError(f"unknown task {task!r}; valid: {', '.join(tasks)}")
     if len(set(value)) != len(value):
         raise ValueError(f"'tasks' lists a task twice: {', '.join(value)}")
     return tuple(value)
@@ -212,19 +184,6 @@ def _sizes(data: dict, tasks: tuple[str | None, ...]) -> tuple[tuple[int, ...],
     key = "gallery_sizes" if "gallery_sizes" in data else "batch_sizes"
     cuda = data.get("gallery_sizes_cuda")
     return _batch_sizes(data.get(key)), _batch_sizes(cuda) if cuda is not None else None
-
-
-def parse_modes(values: list) -> tuple[str, ...]:
-    """Execution modes, each one of ``vlbench.results.EXECUTION_MODES``, no repeats."""
-    modes = tuple(str(v).strip() for v in values)
-    if not modes:
-        raise ValueError("'modes' must name at least one mode")
-    for mode in modes:
-        if mode not in EXECUTION_MODES:
-            raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(EXECUTION_MODES)}")
-    if len(set(modes)) != len(modes):
-        raise ValueError(f"'modes' lists a mode twice: {', '.join(modes)}")
-    return modes
 
 
 def usable_cores() -> int:
@@ -274,8 +233,8 @@ def _batch_sizes(value: Any) -> tuple[int, ...]:
         while sizes[-1] * 2 <= cap:
             sizes.append(sizes[-1] * 2)
         return tuple(sizes)
-    return parse_int_list(",".join(map(str, _list({"batch_sizes": value}, "batch_sizes", [1]))),
-                          "batch_sizes")
+    return parse.int_list(",".join(map(str, _list({"batch_sizes": value}, "batch_sizes", [1]))),
+                    "batch_sizes")
 
 
 def _positive_int(value: Any) -> bool:
@@ -313,6 +272,6 @@ def _entry(item: Any) -> ModelEntry:
         if text_len is not None and not _positive_int(text_len):
             raise ValueError(f"text_len must be a positive integer, got {text_len!r}")
         return ModelEntry(
-            str(item["model"]), parse_image_size(size) if size is not None else None, text_len
+            str(item["model"]), parse.image_size(size) if size is not None else None, text_len
         )
     raise ValueError(f"a model entry is a name or a mapping with 'model', got {item!r}")

@@ -6,8 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from .report.devices import device_tags
-from .results import CaseResult, CaseSpec
-from .runner import STAGE_GAP_LIMIT, stage_gap
+from .results import STAGE_GAP_LIMIT, CaseResult, CaseSpec, stage_gap
 
 
 def _ms(value: float | None) -> str:

@@ -20,37 +20,11 @@ from torch import nn
 
 from feature_extractors import Stage, stage_paths
 
+from .options import TimingOptions
+
 
 class StageNotFiredError(RuntimeError):
     """A declared stage did not run during a forward: the stage vocabulary is wrong."""
-
-
-#: a case that runs out of ``max_time_s`` still gets at least this many samples
-MIN_SAMPLES = 3
-
-
-@dataclass(frozen=True)
-class TimingOptions:
-    """Warm-up, then repetitions until both ``min_repeats`` and ``min_time_s`` are met (fast
-    cases stop at the time, slow ones at the count), never more than ``max_repeats``; a very slow
-    case (a region detector on a CPU) stops once ``max_time_s`` has passed with at least
-    ``MIN_SAMPLES`` repetitions, and its sample count says so."""
-
-    warmup: int = 2
-    min_repeats: int = 10
-    min_time_s: float = 2.0
-    max_repeats: int = 500
-    max_time_s: float = 120.0
-    #: on CPU, a forward slower than this shares its iterations: the end-to-end time is taken
-    #: around the hooked forward (hooks cost microseconds against seconds of work) and one
-    #: warm-up suffices; on GPU iterations are never shared
-    cpu_share_above_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats:
-            raise ValueError("need warmup >= 0 and 1 <= min_repeats <= max_repeats")
-        if self.min_time_s < 0 or self.max_time_s <= 0:
-            raise ValueError("need min_time_s >= 0 and max_time_s > 0")
 
 
 @dataclass
@@ -180,11 +154,7 @@ def measure(
             result.stages_ms[name].append(ms)
             result.calls[name] = calls
         result.end_to_end_ms.append(hooked_ms if shared else time_end_to_end(forward, device))
-        n = len(result.end_to_end_ms)
-        elapsed = time.perf_counter() - began
-        if n >= options.max_repeats or (n >= options.min_repeats and elapsed >= options.min_time_s):
-            return result
-        if n >= min(MIN_SAMPLES, options.min_repeats) and elapsed >= options.max_time_s:
+        if options.done(len(result.end_to_end_ms), time.perf_counter() - began):
             return result
 
 

@@ -25,9 +25,8 @@ from vlbench.gate import compare_runs
 from vlbench.report.charts import Bar, Series, breakdown, category_of, report_charts
 from vlbench.report.devices import DeviceRow, device_rows, label_devices
 from vlbench.report.retrieval import RetrievalSection, retrieval_section
-from vlbench.results import CaseResult, StageResult, Summary
+from vlbench.results import STAGE_GAP_LIMIT, CaseResult, StageResult, Summary, stage_gap
 from vlbench.rounds import pool_rounds
-from vlbench.runner import STAGE_GAP_LIMIT, stage_gap
 from vlbench.stats import UNSTABLE_CV
 from vlbench.store import RunRecord, Store, case_key
 

@@ -1,15 +1,19 @@
-"""A case end to end on a tiny preset: the record the store and reports rely on."""
+"""A case end to end on a tiny preset (``vlbench.measure.run_case``): the record the store and
+reports rely on, with what readers need stored in it."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from vlbench import paper
+from vlbench.context import CaseContext, DeviceError, resolve_device
+from vlbench.failures import is_out_of_memory
+from vlbench.measure import run_case
+from vlbench.options import MeasureOptions, TimingOptions
 from vlbench.results import CaseSpec
-from vlbench.runner import CaseOptions, DeviceError, is_out_of_memory, resolve_device, run_case
-from vlbench.timing import TimingOptions
 
-FAST = CaseOptions(TimingOptions(warmup=1, min_repeats=3, min_time_s=0.0, max_repeats=3))
+FAST = MeasureOptions(TimingOptions(warmup=1, min_repeats=3, min_time_s=0.0, max_repeats=3))
 
 
 def test_tiny_case_record():
@@ -38,7 +42,7 @@ def test_tiny_case_record():
 
 def test_head_adds_a_stage():
     spec = CaseSpec("vilt-b32-tiny", 1, (64, 96), 8, "fp32", "cpu")
-    r = run_case(spec, CaseOptions(FAST.timing, head=True))
+    r = run_case(spec, MeasureOptions(FAST.timing, head=True))
     assert r.status == "ok", r.message
     head = next(s for s in r.stages if s.name == "head")
     assert head.kind == "head" and head.params > 0
@@ -75,3 +79,28 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA GPU"):
             resolve_device("cuda")
+
+
+def test_record_carries_what_readers_need():
+    """Readers need no model code: the stage categories, the canonical input and the paper's
+    figures are stored with the case when it is measured."""
+    r = run_case(CaseSpec("vilt-b32-tiny", 1, (64, 96), 8, "fp32", "cpu"), FAST)
+    assert r.status == "ok", r.message
+    categories = {s.name: s.category for s in r.stages}
+    assert categories["visual"] == "patch or grid embedding"
+    assert categories["text"] == "text embedding"
+    assert categories["fusion"] == "modality interaction"
+    assert (r.canonical_image_size, r.canonical_text_len) == ((64, 96), 8)
+    assert r.paper_row is None and r.paper_bar is None  # tiny twins have no paper figures
+    assert r.settings["flop_convention"] == "one multiply-add = 2 FLOPs"
+
+
+def test_paper_figures_are_stored_for_published_presets():
+    """A published preset's case context carries its Table 6 row and Figure 1 bar (built on the
+    meta device: nothing is measured)."""
+    ctx = CaseContext.for_preset(CaseSpec("vilt-b32", 1, (384, 640), 40, "fp32", "meta"),
+                                 FAST, head=False)
+    assert ctx.identity.paper_row == paper.table6_row("vilt-b32")
+    assert ctx.identity.paper_bar == paper.figure1_bar("vilt-b32")
+    assert ctx.identity.canonical_image_size == (384, 640)
+    assert (ctx.identity.embedder, ctx.identity.fusion) == ("patch", "single-stream")
