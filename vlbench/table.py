@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from .report.devices import device_tags
-from .results import CaseResult, CaseSpec
-from .runner import STAGE_GAP_LIMIT, stage_gap
+from .devices import device_tags
+from .results import STAGE_GAP_LIMIT, CaseResult, CaseSpec, stage_gap
 
 
 def _ms(value: float | None) -> str:
