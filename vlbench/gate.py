@@ -19,9 +19,11 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .case_keys import identity_key
 from .compare import Comparison, StageComparison, compare_cases, estimate_run_noise, ranked
+from .read_export import case_from_row, load_json
 from .results import CaseResult
-from .store import RunActiveError, Store, identity_key
+from .store import RunActiveError, Store
 
 SIDES = ("A", "B")
 
@@ -41,6 +43,12 @@ def _split(ref: str) -> tuple[str, str | None]:
     if sep and head and (tail in SIDES or (head.endswith(".json") and tail.isdigit())):
         return head, tail
     return ref, None
+
+
+def ref_path(ref: str) -> str:
+    """The run or file a reference names, without its ``:A`` / ``:B`` / ``:ID`` suffix:
+    '12:B' -> '12', 'x.json:3' -> 'x.json' (the CLI opens the store only for non-files)."""
+    return _split(ref)[0]
 
 
 def load_side(ref: str, store: Store | None) -> Side:
@@ -73,8 +81,6 @@ def load_side(ref: str, store: Store | None) -> Side:
 
 
 def _json_side(path: Path, run_ref: str | None) -> Side:
-    from .export import case_from_row, load_json
-
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     data = load_json(path)  # refuses other layouts and schema versions, one line
