@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 
+from .case_keys import identity_key
 from .devices import device_name
 from .results import CaseResult
 from .stats import summarize
-from .store import identity_key
 
 
 def pool_rounds(results: list[CaseResult]) -> list[CaseResult]:
