@@ -197,8 +197,8 @@ def _case_label(c: StageComparison) -> str:
 
 def _summary_lines(cmp: Comparison, status: int) -> list[str]:
     median, worst = cmp.detectable_summary()
-    mode = "interleaved A/B" if cmp.interleaved else "separate runs"
-    lines = [f"{cmp.baseline_label} (baseline) -> {cmp.current_label} (current): {mode}; "
+    design = "interleaved A/B" if cmp.interleaved else "separate runs"
+    lines = [f"{cmp.baseline_label} (baseline) -> {cmp.current_label} (current): {design}; "
              f"threshold {cmp.threshold:.0%}, alpha {cmp.alpha:g}; {cmp.drift}",
              f"smallest detectable slowdown (flagged {95}% of the time): median {_pct(median)}, "
              f"worst {_pct(worst)} over {len(cmp.stages)} stage comparisons"]
