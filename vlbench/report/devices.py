@@ -12,23 +12,17 @@ import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from vlbench.devices import (  # noqa: F401 - device_tags: re-exported for old callers
     case_host,
     device_name,
     device_tags,
 )
+from vlbench.report.section import ReportCase
 from vlbench.results import CaseResult
 
-
-class _Case(Protocol):
-    run_id: int
-    result: CaseResult
-    label: str
-
-
-C = TypeVar("C", bound=_Case)
+C = TypeVar("C", bound=ReportCase)
 
 
 @dataclass(frozen=True)
@@ -43,7 +37,7 @@ class DeviceRow:
     driver: str | None
 
 
-def mixed_runs(cases: Sequence[_Case]) -> set[int]:
+def mixed_runs(cases: Sequence[ReportCase]) -> set[int]:
     """Runs whose cases recorded more than one device."""
     seen: dict[int, set[str]] = defaultdict(set)
     for case in cases:
@@ -70,7 +64,7 @@ def label_devices(cases: Sequence[C]) -> list[C]:
     return out
 
 
-def device_rows(cases: Sequence[_Case]) -> list[DeviceRow]:
+def device_rows(cases: Sequence[ReportCase]) -> list[DeviceRow]:
     """Per mixed-device run, one row per device: the report's device table (empty when every
     run used one device)."""
     mixed = mixed_runs(cases)
