@@ -10,16 +10,14 @@ import pytest
 from scipy.stats import mannwhitneyu
 
 from vlbench.compare import (
-    _ci_rank,
-    _u_counts,
     compare_cases,
     compare_rounds,
     detectable_slowdown,
     estimate_run_noise,
-    min_p_value,
     ranked,
     round_values,
 )
+from vlbench.rank_test import _ci_rank, _u_counts, min_p_value
 from vlbench.results import CaseResult, CaseSpec, StageResult
 from vlbench.stats import summarize
 

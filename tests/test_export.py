@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from vlbench import paper
 from vlbench.export import (
     CSV_COLUMNS,
     SCHEMA_NAME,
     case_row,
     export_csv,
     export_json,
-    load_json,
     to_dataframe,
 )
+from vlbench.read_export import case_from_row, load_json
 from vlbench.results import SCHEMA_VERSION, CaseResult, CaseSpec, StageResult, Summary
 from vlbench.store import Store
+
+DATA = Path(__file__).parent / "data"
 
 E2E_KEYS = {
     "median_ms",
@@ -280,3 +285,68 @@ def test_to_dataframe_has_one_row_per_stage(store):
     from_export = to_dataframe(export_json(store, [1]))
     assert from_export.equals(frame)
     assert to_dataframe(export_json(store, [1]), run_ids=[99]).empty
+
+
+# -- fields added since the first layout (additive: schema_version stays 1) ---------------------
+
+
+def test_case_rows_carry_category_gallery_size_canonical_input_and_paper():
+    recorded = dataclasses.replace(
+        OK, spec=dataclasses.replace(OK.spec, model="vilt-b32"),
+        stages=(dataclasses.replace(OK.stages[0], category=paper.BACKBONE), OK.stages[1]),
+        canonical_image_size=(384, 640), canonical_text_len=40,
+        paper_row=paper.table6_row("vilt-b32"), paper_bar=paper.figure1_bar("vilt-b32"))
+    row = json.loads(json.dumps(case_row(recorded)))
+    assert row["gallery_size"] is None and row["batch_size"] == 2
+    assert row["canonical_input"] == {"image_size": [384, 640], "text_len": 40}
+    assert row["paper"]["table6_row"]["tokens"] == "200+40"
+    assert row["paper"]["figure1_bar"]["parts_ms"] == {paper.VISUAL_EMBEDDING: 0.4,
+                                                       paper.INTERACTION: 15.0}
+    # a stored category as stored; a hand-built record's "" by the stage kind ("fusion": other)
+    assert [s["category"] for s in row["stages"].values()] == [paper.BACKBONE, "other"]
+
+    back = case_from_row(row)
+    assert (back.spec, back.canonical_image_size, back.canonical_text_len) == (
+        recorded.spec, (384, 640), 40)
+    assert (back.paper_row, back.paper_bar) == (recorded.paper_row, recorded.paper_bar)
+    assert [s.category for s in back.stages] == [paper.BACKBONE, "other"]
+
+    plain = case_row(OK)
+    assert plain["canonical_input"] is None and plain["paper"] is None  # not recorded
+    assert case_from_row(plain).paper_row is None  # stored as none: not looked up again
+
+    retrieval = dataclasses.replace(OK, spec=dataclasses.replace(OK.spec, task="retrieval-t2i"))
+    assert case_row(retrieval)["gallery_size"] == 2 == case_row(retrieval)["batch_size"]
+
+
+def test_an_export_of_the_previous_release_reads_like_its_migrated_store(tmp_path):
+    old = load_json(DATA / "export_v2.json")  # run 3 of store_v2.db, exported before migration
+    cases = [case_from_row(row) for row in old["runs"][0]["cases"]]
+    db = tmp_path / "v2.sqlite"
+    shutil.copyfile(DATA / "store_v2.db", db)
+    with Store.open(db) as store:
+        stored = store.cases(3)
+    assert [c.spec for c in cases] == [c.spec for c in stored]
+    for read, migrated in zip(cases, stored, strict=True):
+        assert read.paper_row == migrated.paper_row is not None
+        assert read.paper_bar == migrated.paper_bar is not None
+        assert read.canonical_image_size is None and read.canonical_text_len is None
+        assert [s.category for s in read.stages] == [s.category for s in migrated.stages]
+        assert all(s.category for s in read.stages)
+
+
+def test_export_of_a_migrated_store_of_the_previous_release(tmp_path):
+    db = tmp_path / "v2.sqlite"
+    shutil.copyfile(DATA / "store_v2.db", db)
+    with Store.open(db) as store:
+        exported = export_json(store, store.run_ids())
+        text = export_csv(store, [3])
+    assert json.loads(json.dumps(exported)) == exported
+    rows = {c["model"]: c for run in exported["runs"] for c in run["cases"]}
+    assert rows["uniter-base"]["paper"]["table6_row"]["model"] == "UNITER-Base"
+    assert rows["vilt-b32-tiny"]["paper"] is None
+    assert all(c["canonical_input"] is None for c in rows.values())
+    assert rows["vilt-b32"]["stages"]["visual"]["category"] == paper.VISUAL_EMBEDDING
+    retrieval = exported["runs"][1]["cases"]
+    assert retrieval and all(c["gallery_size"] == c["batch_size"] for c in retrieval)
+    assert text.splitlines()[0] == ",".join(CSV_COLUMNS)  # the CSV keeps its columns

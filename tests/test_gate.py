@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vlbench.cli import NO_ISOLATION_ENV, expand_rounds, main
+from vlbench.gate import _split, ref_path
 from vlbench.results import CaseSpec
 from vlbench.rounds import pool_rounds
 from vlbench.store import Store, case_key, identity_key
@@ -19,6 +21,7 @@ from vlbench.table import results_table
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "docs" / "examples" / "vlbench_plugin_example.py"
+DATA = REPO / "tests" / "data"  # a store and an export written by the previous release
 QUICK = ("--warmup", "1", "--repeats", "3", "--min-time", "0", "--threads", "1",
          "--no-progress", "--device", "cpu")
 
@@ -113,6 +116,29 @@ def _error(capsys: pytest.CaptureFixture, *argv: str) -> str:
     err = capsys.readouterr().err.strip()
     assert err.startswith("vlbench: error:") and "\n" not in err
     return err
+
+
+def test_ref_path_drops_the_side_or_run_suffix() -> None:
+    assert [ref_path(r) for r in ("12", "latest", "12:B", "7:A", "x.json", "x.json:3")] == [
+        "12", "latest", "12", "7", "x.json", "x.json"]
+    assert ref_path("12:C") == "12:C" and ref_path("x.txt:3") == "x.txt:3"  # no such suffix
+    assert _split("x.json:3") == ("x.json", "3") and _split("12:B") == ("12", "B")
+
+
+def test_runs_of_the_previous_release_compare(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    db = tmp_path / "v2.sqlite"
+    shutil.copyfile(DATA / "store_v2.db", db)
+    assert main(["compare", "3", "3", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "run 3 (baseline) -> run 3 (current): separate runs" in out
+    assert "uniter-base" in out and "visual.nms" in out and "SLOWER" not in out
+    # its export, written by that release, against the migrated store
+    assert main(["compare", str(DATA / "export_v2.json"), "3", "--db", str(db),
+                 "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["exit_status"] == 0 and data["changes"] == []  # the same work on both sides
+    assert {s["model"] for s in data["stages"]} == {"vilt-b32", "pixelbert-r50", "uniter-base"}
 
 
 def test_bad_input_is_one_line_exit_2(runs: Path, tmp_path: Path,

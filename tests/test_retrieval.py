@@ -16,7 +16,6 @@ from vlbench.measure import run_case
 from vlbench.options import MeasureOptions
 from vlbench.report import write_report
 from vlbench.results import CaseResult, CaseSpec, StageResult
-from vlbench.retrieval_cli import retrieval_summary
 from vlbench.retrieval_cost import (
     CostCurve,
     CostPoint,
@@ -26,6 +25,7 @@ from vlbench.retrieval_cost import (
     crossovers,
     describe_n,
     fit_linear_cost,
+    retrieval_summary,
 )
 from vlbench.scenarios import retrieval
 from vlbench.scenarios.batching import find_batch_size

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -16,7 +18,9 @@ import pytest
 
 import vlbench
 import vlbench.store as store_module
+from vlbench import paper
 from vlbench.results import CaseResult, CaseSpec, StageResult, Summary
+from vlbench.runs import format_ids
 from vlbench.store import (
     MIGRATIONS,
     STALE_AFTER_S,
@@ -24,11 +28,11 @@ from vlbench.store import (
     NotAStoreError,
     RunRecord,
     Store,
-    _format_ids,
     case_key,
     default_db_path,
     effective_status,
 )
+from vlbench.upgrade import legacy_category, upgrade_case
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -395,6 +399,89 @@ def test_failing_migration_leaves_the_old_store_intact(tmp_path, monkeypatch):
         assert store.cases(7) == [ok_result()]
 
 
+# A store written by the previous release (store version 2, vlbench at commit 9107562): a smoke
+# run of the tiny twins, a tiny retrieval run, and vilt-b32, pixelbert-r50 and uniter-base at
+# full size (tests/data/README.md says how it was made).
+STORE_V2 = REPO_ROOT / "tests" / "data" / "store_v2.db"
+NEW_FIELDS = {"paper_row", "paper_bar", "canonical_image_size", "canonical_text_len"}
+
+
+def test_a_store_of_the_previous_release_is_migrated(tmp_path):
+    db = tmp_path / "v2.sqlite"
+    shutil.copyfile(STORE_V2, db)
+    before = {row_id: json.loads(payload) for row_id, payload
+              in raw(db).execute("SELECT id, result_json FROM cases")}
+    assert before and all(not NEW_FIELDS & set(case) for case in before.values())
+
+    with Store.open(db) as store:
+        assert store.run_ids() == [1, 2, 3]
+        results = [r for run_id in store.run_ids() for r in store.cases(run_id)]
+    fresh = tmp_path / "fresh.sqlite"
+    Store.open(fresh).close()
+    assert _shape(db) == _shape(fresh)
+    assert len(results) == len(before) == 12 + 8 + 3
+    by_model = {r.spec.model: r for r in results}
+    for name in ("vilt-b32", "pixelbert-r50", "uniter-base"):
+        assert by_model[name].paper_row == paper.table6_row(name) is not None
+        assert by_model[name].paper_bar == paper.figure1_bar(name) is not None
+    for r in results:
+        assert (r.canonical_image_size, r.canonical_text_len) == (None, None)  # not recorded
+        assert all(s.category == legacy_category(s.kind) for s in r.stages)
+        if r.spec.model.endswith("-tiny"):
+            assert r.paper_row is None and r.paper_bar is None
+    categories = {s.category for r in results for s in r.stages}
+    assert {paper.BACKBONE, paper.REGION_OPS, paper.VISUAL_EMBEDDING, paper.TEXT_EMBEDDING,
+            paper.INTERACTION, "other"} <= categories  # "other": retrieval's steps
+
+    after = {row_id: json.loads(payload) for row_id, payload
+             in raw(db).execute("SELECT id, result_json FROM cases")}
+    for row_id, old in before.items():  # only added: every stored value is kept
+        new = after[row_id]
+        assert {k: v for k, v in new.items() if k not in NEW_FIELDS | {"stages"}} == {
+            k: v for k, v in old.items() if k != "stages"}
+        assert [{k: v for k, v in s.items() if k != "category"} for s in new["stages"]] == (
+            old["stages"])
+
+
+def test_a_damaged_case_does_not_block_the_migration(tmp_path):
+    db = tmp_path / "v2.sqlite"
+    shutil.copyfile(STORE_V2, db)
+    conn = raw(db)
+    row_id, key = conn.execute(
+        "SELECT id, case_key FROM cases WHERE run_id = 3 ORDER BY id LIMIT 1").fetchone()
+    conn.execute("UPDATE cases SET result_json = '{\"spec\": ' WHERE id = ?", (row_id,))
+    conn.close()
+
+    with pytest.warns(UserWarning, match=f"run 3 case {re.escape(key)} .*damaged"):
+        Store.open(db).close()
+
+    conn = raw(db)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'store_version'").fetchone() == (
+        str(STORE_VERSION),)
+    assert conn.execute("SELECT result_json FROM cases WHERE id = ?", (row_id,)).fetchone() == (
+        '{"spec": ',)
+    others = [json.loads(p) for (p,) in conn.execute(
+        "SELECT result_json FROM cases WHERE id != ?", (row_id,))]
+    conn.close()
+    assert others and all(set(case) >= NEW_FIELDS for case in others)
+
+
+def test_upgrading_a_case_adds_only_what_it_lacks():
+    old = ok_result("vilt-b32").to_dict()
+    for key in NEW_FIELDS:
+        del old[key]
+    for stage in old["stages"]:
+        del stage["category"]
+    new = upgrade_case(old)
+    assert [s["category"] for s in new["stages"]] == [paper.BACKBONE, paper.REGION_OPS]
+    assert new["paper_row"]["tokens"] == "200+40" and new["paper_bar"]["total_ms"] == 15.0
+    assert new["canonical_image_size"] is None and new["canonical_text_len"] is None
+    assert "category" not in old["stages"][0] and "paper_row" not in old  # input untouched
+    stored = json.loads(json.dumps({**ok_result("vilt-b32").to_dict(), "paper_row": None}))
+    assert upgrade_case(stored) == stored  # fields present are kept as stored, None included
+    assert legacy_category("offline") == legacy_category("made-up kind") == "other"
+
+
 def test_store_from_a_newer_vlbench_is_refused_with_one_line(tmp_path):
     db = tmp_path / "future.sqlite"
     _v1_store(db)
@@ -577,8 +664,8 @@ def test_resolve_run(tmp_path):
 
 
 def test_format_ids_stays_short_for_long_histories():
-    assert _format_ids([3, 1, 2]) == "1, 2, 3"
-    assert _format_ids([*range(1, 41), 42, 50, 51]) == "1-40, 42, 50-51"
+    assert format_ids([3, 1, 2]) == "1, 2, 3"
+    assert format_ids([*range(1, 41), 42, 50, 51]) == "1-40, 42, 50-51"
 
 
 def test_running_run_with_dead_pid_is_interrupted(tmp_path):

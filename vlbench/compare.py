@@ -14,9 +14,9 @@ The statistics, per model and stage (log scale throughout: a slowdown is a ratio
 * ratio = median of the current rounds / median of the baseline rounds, with a distribution-free
   confidence interval at ``1 - alpha`` (the Hodges-Lehmann interval that inverts the
   Mann-Whitney test: order statistics of the pairwise log differences);
-* p = exact two-sided Mann-Whitney U on the round medians. With n1 against n2 rounds no data can
-  go below ``2 / C(n1 + n2, n1)`` (4 against 4: 0.029; 5 against 5: 0.008): the defaults
-  (``alpha`` 0.01) need at least 5 rounds per side;
+* p = exact two-sided Mann-Whitney U on the round medians (``vlbench.rank_test``). With n1
+  against n2 rounds no data can go below ``2 / C(n1 + n2, n1)`` (4 against 4: 0.029; 5 against
+  5: 0.008): the defaults (``alpha`` 0.01) need at least 5 rounds per side;
 * separate runs (not the two sides of one interleaved run) also differ by a run-level offset that
   their rounds cannot show. Its size, ``run_noise`` (standard deviation of the log offset), comes
   from ``--run-noise`` or from the store's other runs of the same cases (``estimate_run_noise``);
@@ -41,12 +41,12 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
+from vlbench.case_keys import identity_key
+from vlbench.rank_test import min_p_value, rank_p_value, ratio_interval
 from vlbench.results import CaseResult
-from vlbench.store import identity_key
 
 END_TO_END = "end_to_end"
 VERDICTS = ("slower", "faster", "same", "inconclusive")
@@ -130,71 +130,6 @@ class Comparison:
         if not values:
             return math.inf, math.inf
         return float(np.median(values)), max(values)
-
-
-# -- exact Mann-Whitney pieces ------------------------------------------------------------------
-
-
-def min_p_value(n1: int, n2: int) -> float:
-    """The smallest two-sided Mann-Whitney p any data can give for these sample sizes.
-
-    Complete separation (U = 0) has probability 1 / C(n1 + n2, n1) under the null, twice that
-    two-sided; below this the test cannot go, so ``alpha`` under it is out of reach.
-    """
-    if n1 < 1 or n2 < 1:
-        return 1.0
-    return min(1.0, 2.0 / math.comb(n1 + n2, n1))
-
-
-@lru_cache(maxsize=256)
-def _u_counts(n1: int, n2: int) -> tuple[int, ...]:
-    """Number of arrangements giving each U = 0 .. n1 n2 under the null (no ties)."""
-    # f(m, n) over u, by the recursion f(m, n, u) = f(m - 1, n, u - n) + f(m, n - 1, u)
-    table = {(0, n): (1,) for n in range(n2 + 1)}
-    for m in range(1, n1 + 1):
-        table[(m, 0)] = (1,)
-        for n in range(1, n2 + 1):
-            size = m * n + 1
-            counts = [0] * size
-            for u, c in enumerate(table[(m - 1, n)]):
-                counts[u + n] += c
-            for u, c in enumerate(table[(m, n - 1)]):
-                counts[u] += c
-            table[(m, n)] = tuple(counts)
-    return table[(n1, n2)]
-
-
-def _ci_rank(n1: int, n2: int, alpha: float) -> int | None:
-    """The k of the Hodges-Lehmann interval [d(k+1), d(n1 n2 - k)] at confidence >= 1 - alpha:
-    the largest k with P(U <= k) <= alpha / 2; None when even k = 0 is too likely."""
-    counts = _u_counts(n1, n2)
-    total = math.comb(n1 + n2, n1)
-    cumulative, k = 0, None
-    for u, c in enumerate(counts):
-        cumulative += c
-        if cumulative / total > alpha / 2:
-            break
-        k = u
-    return k
-
-
-def ratio_interval(base_log: np.ndarray, cur_log: np.ndarray, alpha: float) -> tuple[float, float]:
-    """Distribution-free confidence interval of current / baseline from log round values."""
-    k = _ci_rank(len(base_log), len(cur_log), alpha)
-    if k is None:
-        return 0.0, math.inf  # the rounds cannot bound the ratio at this confidence
-    diffs = np.sort((cur_log[None, :] - base_log[:, None]).ravel())
-    return float(np.exp(diffs[k])), float(np.exp(diffs[len(diffs) - 1 - k]))
-
-
-def rank_p_value(base: np.ndarray, cur: np.ndarray) -> float:
-    from scipy.stats import mannwhitneyu
-
-    if np.array_equal(np.sort(base), np.sort(cur)):
-        return 1.0  # identical rounds are no change (and all-tied input makes scipy warn)
-    method = "exact" if len(np.unique(np.concatenate([base, cur]))) == len(base) + len(cur) \
-        else "asymptotic"
-    return float(mannwhitneyu(cur, base, alternative="two-sided", method=method).pvalue)
 
 
 # -- one stage ------------------------------------------------------------------------------------
@@ -331,41 +266,62 @@ def compare_cases(
     changes: list[DeterministicChange] = []
     for key in common:
         result = cur_last[key]
-        parents = {s.name: s.parent for s in result.stages}
-        for stage, values in cur_rounds[key].items():
-            before = base_rounds[key].get(stage)
-            if not before:
-                continue
-            noise = run_noise.get((key, stage)) if isinstance(run_noise, dict) else run_noise
-            stats = compare_rounds(before, values, threshold=threshold, alpha=alpha,
-                                   interleaved=interleaved, run_noise=noise)
-            stages.append(StageComparison(
-                model=result.spec.model, case_key=key, stage=stage,
-                baseline_ms=float(np.median(before)), current_ms=float(np.median(values)),
-                n_baseline=len(before), n_current=len(values), parent=parents.get(stage),
-                **stats))
-        old, new = _deterministic(base_last[key]), _deterministic(result)
-        for (stage, what_changed) in sorted(set(old) | set(new)):
-            a, b = old.get((stage, what_changed)), new.get((stage, what_changed))
-            if a != b:
-                changes.append(DeterministicChange(result.spec.model, key, stage, what_changed,
-                                                   a, b))
-    if interleaved:
-        drift = "interleaved rounds: drift cancels"
-    elif isinstance(run_noise, dict) and run_noise:
-        drift = (f"run-to-run drift from the store's other runs: median sd "
-                 f"{math.expm1(float(np.median(list(run_noise.values())))):.1%} "
-                 f"over {len(run_noise)} stage(s)")
-    elif isinstance(run_noise, float):
-        drift = f"run-to-run drift given: sd {math.expm1(run_noise):.1%}"
-    else:
-        drift = "run-to-run drift unknown (fewer than 3 other runs of these cases)"
+        stages += _stage_comparisons(key, result, base_rounds[key], cur_rounds[key],
+                                     threshold=threshold, alpha=alpha, interleaved=interleaved,
+                                     run_noise=run_noise)
+        changes += _changes(key, base_last[key], result)
+    drift = _drift_text(interleaved, run_noise)
     return Comparison(
         baseline_label=baseline_label, current_label=current_label, stages=stages, drift=drift,
         changes=changes, interleaved=interleaved, threshold=threshold, alpha=alpha,
         run_noise=run_noise if isinstance(run_noise, float) else None,
         only_baseline=sorted(set(base_rounds) - set(cur_rounds)),
         only_current=sorted(set(cur_rounds) - set(base_rounds)))
+
+
+def _stage_comparisons(key: str, result: CaseResult, before: dict[str, list[float]],
+                       after: dict[str, list[float]], *, threshold: float, alpha: float,
+                       interleaved: bool,
+                       run_noise: float | dict[tuple[str, str], float] | None,
+                       ) -> list[StageComparison]:
+    """One case's stages (and end to end) that both sides timed, from their round medians."""
+    parents = {s.name: s.parent for s in result.stages}
+    out = []
+    for stage, values in after.items():
+        earlier = before.get(stage)
+        if not earlier:
+            continue
+        noise = run_noise.get((key, stage)) if isinstance(run_noise, dict) else run_noise
+        stats = compare_rounds(earlier, values, threshold=threshold, alpha=alpha,
+                               interleaved=interleaved, run_noise=noise)
+        out.append(StageComparison(
+            model=result.spec.model, case_key=key, stage=stage,
+            baseline_ms=float(np.median(earlier)), current_ms=float(np.median(values)),
+            n_baseline=len(earlier), n_current=len(values), parent=parents.get(stage), **stats))
+    return out
+
+
+def _changes(key: str, baseline: CaseResult, current: CaseResult) -> list[DeterministicChange]:
+    """Parameters, FLOPs and workload figures that differ between the sides' last rounds."""
+    old, new = _deterministic(baseline), _deterministic(current)
+    return [DeterministicChange(current.spec.model, key, stage, what, old.get((stage, what)),
+                                new.get((stage, what)))
+            for stage, what in sorted(set(old) | set(new))
+            if old.get((stage, what)) != new.get((stage, what))]
+
+
+def _drift_text(interleaved: bool,
+                run_noise: float | dict[tuple[str, str], float] | None) -> str:
+    """Where the run-to-run drift of the comparison came from, for the printed summary."""
+    if interleaved:
+        return "interleaved rounds: drift cancels"
+    if isinstance(run_noise, dict) and run_noise:
+        return (f"run-to-run drift from the store's other runs: median sd "
+                f"{math.expm1(float(np.median(list(run_noise.values())))):.1%} "
+                f"over {len(run_noise)} stage(s)")
+    if isinstance(run_noise, float):
+        return f"run-to-run drift given: sd {math.expm1(run_noise):.1%}"
+    return "run-to-run drift unknown (fewer than 3 other runs of these cases)"
 
 
 def estimate_run_noise(runs: Sequence[Sequence[CaseResult]]) -> dict[tuple[str, str], float]:

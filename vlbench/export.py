@@ -3,7 +3,8 @@
 The JSON layout below is the documented schema (``vlbench.results``). Its version is
 ``vlbench.results.SCHEMA_VERSION``: renaming or removing a field bumps it, adding one does not, so
 readers should ignore fields they do not know. Only the last attempt of each case is exported.
-Times are milliseconds; ``None`` (JSON ``null``) means "not measured".
+Times are milliseconds; ``None`` (JSON ``null``) means "not measured". ``vlbench.read_export``
+reads an export back (``vlbench compare FILE.json``), exports of older releases included.
 
 Top level
 
@@ -39,7 +40,8 @@ case_key           str         stable identity of the case within its run
 model              str         model name
 embedder           str         visual embedder (e.g. region features, patches)
 fusion             str         fusion style (single-stream, dual-stream, ...)
-batch_size         int         batch size
+batch_size         int         batch size; a retrieval case's gallery size N (see gallery_size)
+gallery_size       int|null    a retrieval case's gallery size N; null for a forward case
 image_size         [int, int]  input image [height, width] in pixels
 text_len           int         text length in tokens
 tokens             object      tokens per modality, e.g. {"text": 40, "image": 241}
@@ -59,7 +61,7 @@ message            str         why a case is not ok; empty when ok
 end_to_end         timing|null end-to-end latency of one forward; null when not ok
 stage_sum_ms       float|null  sum of the top-level stages' medians (compare with end_to_end)
 stages             object      {stage name: stage}, in execution order
-flops_total        int         FLOPs of one forward (one multiply-add = 2 FLOPs)
+flops_total        int         FLOPs of one forward (``vlbench.results.FLOP_CONVENTION``)
 params_total       int         parameter count
 peak_mem_bytes     int|null    peak memory of the case: the CUDA allocator's peak on GPU, the
                                resident-set high-water mark (VmHWM) of the process on CPU
@@ -69,6 +71,33 @@ settings           object      per-case settings (precision flags, threads, seed
                                forward's seconds, stages_timed false, graph_breaks; trace: the
                                chrome trace's path under --trace)
 wall_s             float       wall time spent on the case, model build included
+canonical_input    object|null the model's canonical input as recorded when measured,
+                               {"image_size": [height, width], "text_len": n}; null: not
+                               recorded (runs stored before it was, models timed through the API)
+paper              object|null the ViLT paper's figures for the model as cited when measured,
+                               {"table6_row": row|null, "figure1_bar": bar|null}; null where the
+                               paper has neither (tiny twins, models it does not list)
+=================  ==========  ================================================================
+
+paper row (``paper.table6_row``; ``vlbench.paper.Table6Row``)
+
+=================  ==========  ================================================================
+model              str         the paper's model name (e.g. "ViLT-B/32")
+preset             str|null    our preset it corresponds to
+embed              str         the paper's embedder column: region, grid or linear
+tokens             str         image + text tokens as printed ("200+40"; "?" where left open)
+params_m           float       parameters, millions (without the shared text embedding)
+gflops             float       GFLOPs (the paper does not state its FLOP convention)
+time_ms            float       the paper's approximate time, ms (NVIDIA P40, batch 1)
+=================  ==========  ================================================================
+
+paper bar (``paper.figure1_bar``; ``vlbench.paper.Figure1Bar``)
+
+=================  ==========  ================================================================
+model              str         the paper's model name
+preset             str         our preset it corresponds to
+parts_ms           object      {report category: ms}, the bar's segments
+total_ms           float       the bar's total, ms
 =================  ==========  ================================================================
 
 timing (``end_to_end``)
@@ -91,7 +120,10 @@ samples_ms         list[float] every timed repetition, in order
 stage (``stages[name]``)
 
 =================  ==========  ================================================================
-kind               str         category used by reports (backbone, region_ops, ...)
+kind               str         what the stage does (backbone, region_ops, patch, text, ...)
+category           str         its report category (backbone, region operations, patch or grid
+                               embedding, text embedding, single-modality encoders, modality
+                               interaction, head, other)
 parent             str|null    enclosing stage; null for a top-level stage. Nested stages are
                                included in their parent: do not add them up with it
 median_ms          float|null  median latency; null when the stage was not timed
@@ -121,13 +153,14 @@ skip nested ones.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-import json
-import os
 from typing import TYPE_CHECKING, Any
 
-from vlbench.results import SCHEMA_VERSION, CaseResult, Summary
-from vlbench.store import Store, case_key
+from vlbench.case_keys import case_key
+from vlbench.results import SCHEMA_VERSION, CaseResult, StageResult, Summary
+from vlbench.store import Store
+from vlbench.upgrade import stage_category
 
 if TYPE_CHECKING:
     import pandas
@@ -135,36 +168,12 @@ if TYPE_CHECKING:
 SCHEMA_NAME = "vlbench.results"
 
 _CASE_COLUMNS = (
-    "run_id",
-    "model",
-    "embedder",
-    "fusion",
-    "batch_size",
-    "image_h",
-    "image_w",
-    "text_len",
-    "precision",
-    "device",
-    "mode",
-    "threads",
-    "round",
-    "side",
-    "task",
-    "status",
-    "message",
+    "run_id", "model", "embedder", "fusion", "batch_size", "image_h", "image_w", "text_len",
+    "precision", "device", "mode", "threads", "round", "side", "task", "status", "message",
 )
 _STAGE_TIMING_FIELDS = ("median_ms", "iqr_ms", "p90_ms", "cv", "n")
-_STAGE_COLUMNS = (
-    "kind",
-    "parent",
-    *_STAGE_TIMING_FIELDS,
-    "calls",
-    "flops",
-    "params",
-    "peak_mem_bytes",
-    "achieved_flops_per_s",
-    "peak_share",
-)
+_STAGE_COLUMNS = ("kind", "parent", *_STAGE_TIMING_FIELDS, "calls", "flops", "params",
+                  "peak_mem_bytes", "achieved_flops_per_s", "peak_share")
 #: Columns of the CSV and the DataFrame, in order.
 CSV_COLUMNS = (*_CASE_COLUMNS, "stage", *_STAGE_COLUMNS)
 
@@ -185,6 +194,41 @@ def _timing(summary: Summary, samples_ms: tuple[float, ...]) -> dict[str, Any]:
     }
 
 
+def stage_row(stage: StageResult) -> dict[str, Any]:
+    """One stage in the export layout (``stages[name]``)."""
+    timing = stage.timing
+    return {
+        "kind": stage.kind,
+        "category": stage_category(stage),
+        "parent": stage.parent,
+        **{f: getattr(timing, f) if timing else None for f in _STAGE_TIMING_FIELDS},
+        "calls": stage.calls,
+        "flops": stage.flops,
+        "params": stage.params,
+        "peak_mem_bytes": stage.peak_mem_bytes,
+        "host_sync": stage.host_sync,
+        "workload": dict(stage.workload),
+        "samples_ms": list(stage.samples_ms),
+        "achieved_flops_per_s": stage.achieved_flops_per_s,
+        "peak_share": stage.peak_share,
+    }
+
+
+def _canonical_input(result: CaseResult) -> dict[str, Any] | None:
+    size, text_len = result.canonical_image_size, result.canonical_text_len
+    if size is None and text_len is None:
+        return None
+    return {"image_size": list(size) if size is not None else None, "text_len": text_len}
+
+
+def _paper(result: CaseResult) -> dict[str, Any] | None:
+    row, bar = result.paper_row, result.paper_bar
+    if row is None and bar is None:
+        return None
+    return {"table6_row": dataclasses.asdict(row) if row else None,
+            "figure1_bar": dataclasses.asdict(bar) if bar else None}
+
+
 def case_row(result: CaseResult) -> dict[str, Any]:
     """One case in the export layout (see the module docstring): flat, JSON-ready, self-contained.
 
@@ -196,21 +240,7 @@ def case_row(result: CaseResult) -> dict[str, Any]:
     for stage in result.stages:
         if stage.name in stages:
             raise ValueError(f"case {case_key(spec)} has two stages named {stage.name!r}")
-        timing = stage.timing
-        stages[stage.name] = {
-            "kind": stage.kind,
-            "parent": stage.parent,
-            **{f: getattr(timing, f) if timing else None for f in _STAGE_TIMING_FIELDS},
-            "calls": stage.calls,
-            "flops": stage.flops,
-            "params": stage.params,
-            "peak_mem_bytes": stage.peak_mem_bytes,
-            "host_sync": stage.host_sync,
-            "workload": dict(stage.workload),
-            "samples_ms": list(stage.samples_ms),
-            "achieved_flops_per_s": stage.achieved_flops_per_s,
-            "peak_share": stage.peak_share,
-        }
+        stages[stage.name] = stage_row(stage)
     ok = result.status == "ok" and result.end_to_end is not None
     return {
         "case_key": case_key(spec),
@@ -218,6 +248,7 @@ def case_row(result: CaseResult) -> dict[str, Any]:
         "embedder": result.embedder,
         "fusion": result.fusion,
         "batch_size": spec.batch_size,
+        "gallery_size": spec.gallery_size,
         "image_size": [spec.image_size[0], spec.image_size[1]],
         "text_len": spec.text_len,
         "tokens": dict(result.tokens),
@@ -238,6 +269,8 @@ def case_row(result: CaseResult) -> dict[str, Any]:
         "peak_mem_bytes": result.peak_mem_bytes,
         "settings": dict(result.settings),
         "wall_s": result.wall_s,
+        "canonical_input": _canonical_input(result),
+        "paper": _paper(result),
     }
 
 
@@ -325,25 +358,6 @@ def export_csv(store: Store, run_ids: list[int]) -> str:
     return buffer.getvalue()
 
 
-def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read an export back, refusing files of another layout rather than misreading them."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
-        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path}: not a vlbench results export (schema {found!r})")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
-        raise ValueError(
-            f"{path}: schema_version {version!r} is not supported; this vlbench reads "
-            f"{SCHEMA_VERSION}"
-        )
-    return data
-
-
 def to_dataframe(
     store_or_export: Store | dict[str, Any], run_ids: list[int] | None = None
 ) -> pandas.DataFrame:
@@ -359,45 +373,3 @@ def to_dataframe(
             wanted = set(run_ids)
             export = {**export, "runs": [r for r in export["runs"] if r["id"] in wanted]}
     return pd.DataFrame.from_records(_flat_rows(export), columns=list(CSV_COLUMNS))
-
-
-def case_from_row(row: dict[str, Any]) -> CaseResult:
-    """A case of an export back as a ``CaseResult``: what ``vlbench compare FILE.json`` reads.
-    Timing fields an export does not carry per stage (mean, confidence interval) read NaN."""
-    from vlbench.results import CaseSpec, StageResult
-
-    spec = CaseSpec(model=row["model"], batch_size=row["batch_size"],
-                    image_size=(row["image_size"][0], row["image_size"][1]),
-                    text_len=row["text_len"], precision=row["precision"], device=row["device"],
-                    mode=row.get("mode", "eager"), threads=row.get("threads"),
-                    round=row.get("round", 0), side=row.get("side"), task=row.get("task"))
-
-    def summary(t: dict[str, Any]) -> Summary | None:
-        if not t or t.get("median_ms") is None:
-            return None
-        nan = float("nan")
-        return Summary(median_ms=t["median_ms"], iqr_ms=t.get("iqr_ms", nan),
-                       p90_ms=t.get("p90_ms", nan), mean_ms=t.get("mean_ms", nan),
-                       cv=t.get("cv", nan), n=t.get("n", 0), ci_low_ms=t.get("ci_low_ms", nan),
-                       ci_high_ms=t.get("ci_high_ms", nan),
-                       ci_coverage=t.get("ci_coverage", nan), unstable=t.get("unstable", False))
-
-    stages = tuple(
-        StageResult(name=name, kind=st["kind"], parent=st["parent"], timing=summary(st),
-                    calls=st["calls"], flops=st["flops"], params=st["params"],
-                    peak_mem_bytes=st.get("peak_mem_bytes"),
-                    samples_ms=tuple(st.get("samples_ms", ())),
-                    host_sync=st.get("host_sync", False), workload=dict(st.get("workload", {})),
-                    achieved_flops_per_s=st.get("achieved_flops_per_s"),
-                    peak_share=st.get("peak_share"))
-        for name, st in row["stages"].items())
-    e2e = row.get("end_to_end") or {}
-    return CaseResult(spec=spec, status=row["status"], message=row.get("message", ""),
-                      embedder=row.get("embedder", ""), fusion=row.get("fusion", ""),
-                      tokens=dict(row.get("tokens", {})), end_to_end=summary(e2e),
-                      end_to_end_samples_ms=tuple(e2e.get("samples_ms", ())),
-                      stage_sum_ms=row.get("stage_sum_ms"), stages=stages,
-                      flops_total=row.get("flops_total", 0),
-                      params_total=row.get("params_total", 0),
-                      peak_mem_bytes=row.get("peak_mem_bytes"),
-                      settings=dict(row.get("settings", {})), wall_s=row.get("wall_s", 0.0))

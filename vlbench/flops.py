@@ -17,8 +17,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from feature_extractors import Stage, stage_paths
 
-FLOP_CONVENTION = "one multiply-add = 2 FLOPs (torch.utils.flop_counter)"
-
 _CPU_SDPA_OPS = ("_scaled_dot_product_flash_attention_for_cpu",)
 
 

@@ -19,9 +19,11 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .case_keys import identity_key
 from .compare import Comparison, StageComparison, compare_cases, estimate_run_noise, ranked
+from .read_export import case_from_row, load_json
 from .results import CaseResult
-from .store import RunActiveError, Store, identity_key
+from .store import RunActiveError, Store
 
 SIDES = ("A", "B")
 
@@ -41,6 +43,12 @@ def _split(ref: str) -> tuple[str, str | None]:
     if sep and head and (tail in SIDES or (head.endswith(".json") and tail.isdigit())):
         return head, tail
     return ref, None
+
+
+def ref_path(ref: str) -> str:
+    """The run or file a reference names, without its ``:A`` / ``:B`` / ``:ID`` suffix:
+    '12:B' -> '12', 'x.json:3' -> 'x.json' (the CLI opens the store only for non-files)."""
+    return _split(ref)[0]
 
 
 def load_side(ref: str, store: Store | None) -> Side:
@@ -73,8 +81,6 @@ def load_side(ref: str, store: Store | None) -> Side:
 
 
 def _json_side(path: Path, run_ref: str | None) -> Side:
-    from .export import case_from_row, load_json
-
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     data = load_json(path)  # refuses other layouts and schema versions, one line
@@ -191,8 +197,8 @@ def _case_label(c: StageComparison) -> str:
 
 def _summary_lines(cmp: Comparison, status: int) -> list[str]:
     median, worst = cmp.detectable_summary()
-    mode = "interleaved A/B" if cmp.interleaved else "separate runs"
-    lines = [f"{cmp.baseline_label} (baseline) -> {cmp.current_label} (current): {mode}; "
+    design = "interleaved A/B" if cmp.interleaved else "separate runs"
+    lines = [f"{cmp.baseline_label} (baseline) -> {cmp.current_label} (current): {design}; "
              f"threshold {cmp.threshold:.0%}, alpha {cmp.alpha:g}; {cmp.drift}",
              f"smallest detectable slowdown (flagged {95}% of the time): median {_pct(median)}, "
              f"worst {_pct(worst)} over {len(cmp.stages)} stage comparisons"]

@@ -5,8 +5,10 @@ Convolution or Region Supervision", ICML 2021, arXiv 2102.03334 -- Figure 1 (inf
 by component) and Table 6 (tokens, parameters, FLOPs, time). Times were measured on an NVIDIA P40
 GPU (Xeon E5-2650 CPU), batch 1, fp32, averaged over many runs; they are approximate ("~") and
 exclude the text embedder, which the paper treats as shared. The paper does not state its FLOP
-convention; ours counts one multiply-add as 2 FLOPs. Figures are quoted, never asserted: a report
-puts them beside our measurements, it does not test them.
+convention (ours: ``vlbench.results.FLOP_CONVENTION``). Figures are quoted, never asserted: a
+report puts them beside our measurements, it does not test them. A case record stores the row and
+bar of its model when it is measured (``CaseResult.paper_row`` / ``paper_bar``), so reports show
+what was cited then.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ CITATION = (
 )
 CITATION_SHORT = "ViLT paper (Kim, Son & Kim, ICML 2021, arXiv 2102.03334)"
 PAPER_DEVICE = "NVIDIA P40"
-FLOP_CONVENTION = "one multiply-add = 2 FLOPs (the paper does not state its convention)"
+#: said wherever our FLOPs stand beside the paper's
+CONVENTION_UNSTATED = "the paper does not state its convention"
 
-# Report categories, shared with vlbench.report.charts (which owns the kind -> category map).
+# Report categories: the groups of Figure 1 (a stage's category is stored with it, see
+# ``StageResult.category``; ``vlbench.upgrade`` maps the kinds of records stored before).
 BACKBONE = "backbone"
 REGION_OPS = "region operations"
 VISUAL_EMBEDDING = "patch or grid embedding"

@@ -51,7 +51,7 @@ class StageResult:
     """One named stage of one case: time (when timed), FLOPs, parameters, memory."""
 
     name: str
-    kind: str  # category used by reports: backbone, region_ops, visual_embedding, ...
+    kind: str  # what the stage does (feature_extractors.StageKind): backbone, region_ops, ...
     parent: str | None  # enclosing stage, None for a top-level stage
     timing: Summary | None
     calls: int  # forward calls per model forward (LXMERT's shared cross-attention: 2)

@@ -11,16 +11,15 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 
+from .case_keys import identity_key
+from .devices import device_name
 from .results import CaseResult
 from .stats import summarize
-from .store import identity_key
 
 
 def pool_rounds(results: list[CaseResult]) -> list[CaseResult]:
     """Results with the rounds of each (case, side) merged, in first-seen order; a single-round
     case is returned as it is. A case whose rounds all failed keeps its last failure."""
-    from .report.devices import device_name  # the report package imports this module
-
     groups: dict[tuple[str, str | None, str], list[CaseResult]] = defaultdict(list)
     for r in results:  # never across devices (a Ray run over mixed GPUs)
         groups[(identity_key(r.spec), r.spec.side, device_name(r))].append(r)

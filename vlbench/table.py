@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from .report.devices import device_tags
+from .devices import device_tags
 from .results import STAGE_GAP_LIMIT, CaseResult, CaseSpec, stage_gap
 
 

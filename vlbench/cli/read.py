@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from ..export import export_csv, export_json
-from ..gate import _split, compare_refs, format_json, format_markdown, format_table
+from ..gate import compare_refs, format_json, format_markdown, format_table, ref_path
 from ..report import write_report
 from ..store import Store
 from .parsers import UsageError
@@ -41,7 +41,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """The regression gate (vlbench.gate): 1 slower, 0 otherwise, 2 bad input."""
     if len(args.refs) > 2:
         raise UsageError("compare takes BASELINE CURRENT, or one interleaved run")
-    needs_store = any(not _split(r)[0].endswith(".json") for r in args.refs)
+    needs_store = any(not ref_path(r).endswith(".json") for r in args.refs)
     store = open_store(existing_store(args.db)) if needs_store else None
     try:
         comparison = compare_refs(args.refs, store, threshold=args.threshold, alpha=args.alpha,

@@ -22,7 +22,7 @@ from ..launchers.ray_cluster import check_ray_available
 from ..options import RunOptions
 from ..results import CaseSpec
 from ..resume import reopen
-from ..retrieval_cli import retrieval_summary
+from ..retrieval_cost import retrieval_summary
 from ..rounds import pool_rounds
 from ..session import execute
 from ..store import Store, default_db_path

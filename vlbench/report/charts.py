@@ -19,27 +19,12 @@ from typing import TYPE_CHECKING
 
 from vlbench import paper
 from vlbench.results import CaseResult
+from vlbench.upgrade import OTHER, stage_category
 
 if TYPE_CHECKING:
     from matplotlib.axis import Axis
     from matplotlib.figure import Figure
 
-#: Stage kind (architectures.model.Stage.kind) -> report category. A region embedder's own time
-#: outside its named sub-stages is embedding work; an unknown kind (third-party model) is "other".
-KIND_TO_CATEGORY = {
-    "backbone": paper.BACKBONE,
-    "region_ops": paper.REGION_OPS,
-    "patch": paper.VISUAL_EMBEDDING,
-    "grid": paper.VISUAL_EMBEDDING,
-    "precomputed": paper.VISUAL_EMBEDDING,
-    "visual_embedding": paper.VISUAL_EMBEDDING,
-    "region": paper.VISUAL_EMBEDDING,
-    "text": paper.TEXT_EMBEDDING,
-    "single_modality": paper.SINGLE_MODALITY,
-    "interaction": paper.INTERACTION,
-    "head": paper.HEAD,
-}
-OTHER = "other"
 CATEGORIES = (*paper.CATEGORIES, OTHER)
 # Okabe-Ito: distinguishable with the common colour-vision deficiencies.
 COLOURS = {
@@ -52,7 +37,7 @@ COLOURS = {
     paper.HEAD: "#CC79A7",
     OTHER: "#999999",
 }
-_RC = {
+RC = {
     "text.parse_math": False,
     "svg.fonttype": "path",
     "svg.hashsalt": "vlbench-report",
@@ -63,15 +48,11 @@ _RC = {
 _MAX_LABEL = 48
 
 
-def category_of(kind: str) -> str:
-    return KIND_TO_CATEGORY.get(kind, OTHER)
-
-
 def breakdown(result: CaseResult) -> dict[str, float]:
     """Milliseconds per category, from the stage tree, in the manner of the ViLT Figure 1.
 
-    Each top-level stage is split into its direct children's medians by the child's kind; the
-    remainder (parent minus children, floored at 0: hooks add noise) goes to the parent's kind.
+    Each top-level stage is split into its direct children's medians by the child's category;
+    the remainder (parent minus children, floored at 0: hooks add noise) goes to the parent's.
     """
     parts: dict[str, float] = defaultdict(float)
     for top in result.stages:
@@ -81,9 +62,9 @@ def breakdown(result: CaseResult) -> dict[str, float]:
         inside = 0.0
         for child in children:
             assert child.timing is not None
-            parts[category_of(child.kind)] += child.timing.median_ms
+            parts[stage_category(child)] += child.timing.median_ms
             inside += child.timing.median_ms
-        parts[category_of(top.kind)] += max(0.0, top.timing.median_ms - inside)
+        parts[stage_category(top)] += max(0.0, top.timing.median_ms - inside)
     return {c: parts[c] for c in CATEGORIES if parts.get(c, 0.0) > 0.0}
 
 
@@ -126,11 +107,11 @@ def format_ms(ms: float) -> str:
     return f"{ms:.2f} ms"
 
 
-def _tick_ms(ms: float) -> str:
+def tick_ms(ms: float) -> str:
     return f"{ms / 1000.0:g} s" if ms >= 1000.0 else f"{ms:g} ms"
 
 
-def _short(label: str) -> str:
+def short_label(label: str) -> str:
     return label if len(label) <= _MAX_LABEL else label[: _MAX_LABEL - 1] + "\u2026"
 
 
@@ -139,7 +120,7 @@ def _text_colour(hex_colour: str) -> str:
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
 
 
-def _to_svg(fig: Figure, prefix: str) -> str:
+def to_svg(fig: Figure, prefix: str) -> str:
     """The figure as an inline ``<svg>`` element: no XML prolog, no comments, prefixed ids."""
     buffer = io.StringIO()
     metadata = {"Date": None, "Creator": None, "Format": None, "Type": None}
@@ -153,7 +134,7 @@ def _to_svg(fig: Figure, prefix: str) -> str:
     return svg.replace("<svg ", '<svg role="img" ', 1)
 
 
-def _log_axis(axis: Axis, fmt: Callable[[float], str]) -> None:
+def log_axis(axis: Axis, fmt: Callable[[float], str]) -> None:
     """Plain tick labels on a log axis: the default ones are mathtext, which parse_math=False
     would print raw."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -170,7 +151,7 @@ def headline_chart(bars: Sequence[Bar], prefix: str = "headline") -> str:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    with rc_context(_RC):
+    with rc_context(RC):
         height = 1.3 + 0.42 * len(bars)
         fig = Figure(figsize=(10.5, height))
         left, right = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 1.4]})
@@ -202,7 +183,7 @@ def headline_chart(bars: Sequence[Bar], prefix: str = "headline") -> str:
                        color="#bbbbbb" if bar.from_paper else "#555555",
                        hatch="///" if bar.from_paper else None, edgecolor="white")
             right.text(bar.total_ms * 1.15, row, format_ms(bar.total_ms), va="center", fontsize=8)
-        left.set_yticks(rows, [_short(b.label) for b in bars])
+        left.set_yticks(rows, [short_label(b.label) for b in bars])
         left.invert_yaxis()
         left.set_xlim(0, 100)
         left.set_xlabel("share of the stage time, % (segments labelled in ms)")
@@ -210,7 +191,7 @@ def headline_chart(bars: Sequence[Bar], prefix: str = "headline") -> str:
         right.set_xscale("log")
         right.set_xlim(min(totals) / 2.0, max(totals) * 12.0)
         right.set_xlabel("end-to-end median, ms (log scale)")
-        _log_axis(right.xaxis, _tick_ms)
+        log_axis(right.xaxis, tick_ms)
         handles = [Patch(color=COLOURS[c], label=c) for c in CATEGORIES if c in present]
         if any(bar.from_paper for bar in bars):
             handles.append(Patch(facecolor="#dddddd", hatch="///", edgecolor="white",
@@ -218,7 +199,7 @@ def headline_chart(bars: Sequence[Bar], prefix: str = "headline") -> str:
         fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)),
                    frameon=False, bbox_to_anchor=(0.5, 0.0), fontsize=8)
         fig.tight_layout(rect=(0, 0.5 / height, 1, 1))  # room for two legend rows, in inches
-        return _to_svg(fig, prefix)
+        return to_svg(fig, prefix)
 
 
 def line_chart(series: Sequence[Series], *, xlabel: str, ylabel: str, prefix: str,
@@ -228,25 +209,25 @@ def line_chart(series: Sequence[Series], *, xlabel: str, ylabel: str, prefix: st
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
-    with rc_context(_RC):
+    with rc_context(RC):
         fig = Figure(figsize=(7.5, 3.6))
         ax = fig.subplots()
         for line in series:
             xs, ys = zip(*sorted(line.points), strict=True)
-            ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.4, label=_short(line.label))
+            ax.plot(xs, ys, marker="o", markersize=4, linewidth=1.4, label=short_label(line.label))
         if log_x:
             ax.set_xscale("log", base=2)
-            _log_axis(ax.xaxis, lambda v: f"{v:g}")
+            log_axis(ax.xaxis, lambda v: f"{v:g}")
         ys = [y for line in series for _, y in line.points if y > 0]
         if ys and max(ys) > 20 * min(ys):
             ax.set_yscale("log")
-            _log_axis(ax.yaxis, lambda v: f"{v:g}")
+            log_axis(ax.yaxis, lambda v: f"{v:g}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(True, linewidth=0.4, alpha=0.5)
         ax.legend(fontsize=7.5, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
-        return _to_svg(fig, prefix)
+        return to_svg(fig, prefix)
 
 
 def report_charts(bars: Sequence[Bar], throughput: Sequence[Series],

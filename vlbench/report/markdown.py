@@ -2,18 +2,18 @@
 
 Why separate from the HTML: a PR comment cannot hold inline SVG, so it carries the headline table
 (time per category, the paper's figures beside) and the regressions; the full HTML report is the
-attachment. Built from the same ``collect`` data, so both always agree. Every string from a user
-or a run is escaped: HTML specials become entities (GitHub would otherwise render tags) and
-markdown specials, ``|`` and ``$`` (GitHub math) are backslash-escaped.
+attachment. Built from the same ``collect`` data, so both always agree; every string from a user
+or a run goes through ``vlbench.report.text.escape``. Registered sections add their own lines
+(``vlbench.report.registry``).
 """
 
 from __future__ import annotations
 
-import re
-
 from vlbench import paper
 from vlbench.report.charts import CATEGORIES, breakdown
-from vlbench.report.html import ReportData, collect
+from vlbench.report.data import ReportData, collect
+from vlbench.report.text import FLOP_NOTE, escape, fence
+from vlbench.report.text import markdown_ms as _ms
 from vlbench.store import Store
 
 _SHORT = {
@@ -28,27 +28,7 @@ _SHORT = {
 _MAX_ROWS = 30  # regressions listed in a comment; the HTML report has them all
 
 
-def escape(text: object) -> str:
-    """Plain text safe in a markdown table cell: no tags, no formatting, no math, no cell breaks."""
-    value = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    value = re.sub(r"([\\`*_\[\]|$~])", r"\\\1", value)
-    return " ".join(value.split())  # newlines would end the table row
-
-
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 1 else f"{value:.2f}"
-
-
-def _fence(text: str) -> str:
-    """A fenced code block that no backtick run inside ``text`` can close early."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}\n{text}\n{fence}"
-
-
-def markdown_from_data(data: ReportData, command: str = "") -> str:
+def _run_lines(data: ReportData) -> list[str]:
     runs = ", ".join(
         f"run {r.id}" + (f" ({escape(r.label)})" if r.label else "") for r in data.runs
     )
@@ -61,20 +41,23 @@ def markdown_from_data(data: ReportData, command: str = "") -> str:
             f"{escape(r.host)}, device {escape(r.env.get('device', '-'))}; {count} case(s)"
             + (f", **{failed} failed**" if failed else "") + "."
         )
-    lines.append("")
+    return [*lines, ""]
+
+
+def _headline_table(data: ReportData) -> list[str]:
+    """Per model: input, tokens, size, time per category, and the paper's time beside."""
     categories = [c for c in CATEGORIES
                   if any(breakdown(case.result).get(c) for case in data.headline)]
     header = ["model", "input", "tokens", "params M", "GFLOPs", "end-to-end ms",
               *(_SHORT.get(c, c) + " ms" for c in categories), f"paper ms ({paper.PAPER_DEVICE})"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    by_case = {id(line.case): line for line in data.table6}
-    for case in data.headline:
-        r, line = case.result, by_case[id(case)]
-        parts = breakdown(r)
-        s = r.spec
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for line in data.table6:  # one per headline case, in its order
+        r = line.case.result
+        parts, s = breakdown(r), r.spec
         theirs = line.paper.time_ms if line.paper else None
         cells = [
-            escape(case.label), f"b{s.batch_size} {s.image_size[0]}x{s.image_size[1]}",
+            escape(line.case.label), f"b{s.batch_size} {s.image_size[0]}x{s.image_size[1]}"
+            + (f" ({line.canonical})" if line.canonical else ""),
             escape(line.tokens) + (f" (paper {escape(line.paper_tokens)})"
                                    if line.paper_tokens else ""),
             f"{line.params_m:.1f}", f"{line.gflops:.1f}", f"**{_ms(line.time.median_ms)}**",
@@ -83,12 +66,17 @@ def markdown_from_data(data: ReportData, command: str = "") -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if not data.headline:
-        retrieval_only = data.cases and all(c.result.spec.task for c in data.cases)
-        what = ("no single-pair case (retrieval cases: below)" if retrieval_only
+        sections_only = data.sections and all(c.result.spec.task for c in data.cases)
+        names = " and ".join(shown.section.name for shown in data.sections)
+        what = (f"no single-pair case ({names} cases: below)" if sections_only
                 else "no successful case")
         lines.append(f"| {what} |" + " |" * (len(header) - 1))
-    lines += ["", f"FLOPs: {paper.FLOP_CONVENTION}. Paper figures: {paper.CITATION}; "
-              "they leave out the text embedder.", ""]
+    return [*lines, "", f"FLOPs: {FLOP_NOTE}. Paper figures: {paper.CITATION}; they leave out "
+            "the text embedder.", ""]
+
+
+def _ratio_lines(data: ReportData) -> list[str]:
+    lines = []
     for ratio in data.ratios:
         visual = f"{ratio.visual:.0f}x" if ratio.visual is not None else "-"
         lines.append(
@@ -96,12 +84,12 @@ def markdown_from_data(data: ReportData, command: str = "") -> str:
             f"{ratio.end_to_end:.1f}x end to end (paper ~{ratio.paper_end_to_end:.0f}x), "
             f"{visual} for the visual embedder alone (paper ~{ratio.paper_visual:.0f}x)"
         )
-    if data.ratios:
-        lines.append("")
-    if data.retrieval is not None:
-        from vlbench.report.retrieval import retrieval_markdown
+    return [*lines, ""] if lines else []
 
-        lines += retrieval_markdown(data.retrieval)
+
+def _comparison_lines(data: ReportData) -> list[str]:
+    """Per compared run: the verdict counts and the stages that got slower."""
+    lines: list[str] = []
     for run_id, rows in data.comparisons.items():
         slower = [c for c in rows if c.verdict == "slower"]
         counts = {v: sum(1 for c in rows if c.verdict == v)
@@ -124,15 +112,29 @@ def markdown_from_data(data: ReportData, command: str = "") -> str:
         else:
             lines.append("No stage is significantly slower (beyond 10%, p < 0.01).")
         lines.append("")
+    return lines
+
+
+def _closing_lines(data: ReportData, command: str) -> list[str]:
+    """Failed cases, and the commands that reproduce the runs and the report."""
+    lines: list[str] = []
     if data.failures:
         lines.append("### Failed cases")
         lines += [f"- {escape(c.label)} b{c.result.spec.batch_size}: "
                   f"{escape(c.result.status)}: {escape(c.result.message)}" for c in data.failures]
         lines.append("")
     for r in data.runs:
-        lines += [f"Reproduce run {r.id}:", "", _fence(r.command), ""]
+        lines += [f"Reproduce run {r.id}:", "", fence(r.command), ""]
     if command:
-        lines += ["Report generated by:", "", _fence(command), ""]
+        lines += ["Report generated by:", "", fence(command), ""]
+    return lines
+
+
+def markdown_from_data(data: ReportData, command: str = "") -> str:
+    lines = [*_run_lines(data), *_headline_table(data), *_ratio_lines(data)]
+    for shown in data.sections:
+        lines += shown.section.markdown(shown.data)
+    lines += [*_comparison_lines(data), *_closing_lines(data, command)]
     return "\n".join(lines)
 
 

@@ -7,6 +7,8 @@ N, so a chart of per-query cost alone shows no crossover; the question a user ha
 queries, over how large a gallery, before caching pays -- needs the offline cost beside it.
 Charts draw the measured points; the cost-against-Q chart evaluates encode(N) + Q * query(N) at
 one gallery size every model measured (from the fits, and said so, where there is none).
+Registered as ``SECTION`` (``vlbench.report.registry``); its page part is
+``templates/_retrieval.html.j2``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from vlbench.report.charts import _RC, Chart, _log_axis, _short, _tick_ms, _to_svg
+from vlbench.report.charts import RC, Chart, log_axis, short_label, tick_ms, to_svg
+from vlbench.report.section import ReportCase, Section
+from vlbench.report.text import escape
 from vlbench.retrieval_cost import (
     TASK_TEXT,
     TASKS,
@@ -67,9 +71,8 @@ class RetrievalSection:
         return describe_q(c, n, root)
 
 
-def retrieval_section(cases: Sequence[Any]) -> RetrievalSection | None:
-    """The section from the report's cases (``vlbench.report.html.Case``: ``.result`` and
-    ``.label``), or None when no case is a retrieval case."""
+def retrieval_section(cases: Sequence[ReportCase]) -> RetrievalSection | None:
+    """The section from the report's cases, or None when no case is a retrieval case."""
     retrieval = [c for c in cases if c.result.spec.task in TASKS]
     if not retrieval:
         return None
@@ -146,8 +149,8 @@ def _axes(fig: Any) -> Any:
     ax = fig.subplots()
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _log_axis(ax.xaxis, lambda v: f"{v:,.0f}" if v >= 1 else f"{v:g}")
-    _log_axis(ax.yaxis, _tick_ms)
+    log_axis(ax.xaxis, lambda v: f"{v:,.0f}" if v >= 1 else f"{v:g}")
+    log_axis(ax.yaxis, tick_ms)
     ax.grid(True, linewidth=0.4, alpha=0.5)
     return ax
 
@@ -156,21 +159,21 @@ def _against_n(curves: Sequence[CostCurve], prefix: str) -> str:
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
-    with rc_context(_RC):
+    with rc_context(RC):
         fig = Figure(figsize=(7.5, 3.8))
         ax = _axes(fig)
         for i, c in enumerate(curves):
             colour = f"C{i % 10}"
             ns = [p.n for p in c.points]
             ax.plot(ns, [p.encode_ms + p.query_ms for p in c.points], color=colour, marker="o",
-                    markersize=4, linewidth=1.4, label=_short(f"{c.label} ({c.strategy})"))
+                    markersize=4, linewidth=1.4, label=short_label(f"{c.label} ({c.strategy})"))
             ax.plot(ns, [p.query_ms for p in c.points], color=colour, marker="^", markersize=4,
                     linewidth=1.2, linestyle="--")
         ax.set_xlabel("gallery size N (items ranked per query)")
         ax.set_ylabel("time, ms")
         ax.legend(fontsize=7.5, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
-        return _to_svg(fig, prefix)
+        return to_svg(fig, prefix)
 
 
 def _against_q(curves: Sequence[CostCurve], n: int, prefix: str) -> str:
@@ -179,24 +182,22 @@ def _against_q(curves: Sequence[CostCurve], n: int, prefix: str) -> str:
     from matplotlib.figure import Figure
 
     qs = np.logspace(np.log10(Q_RANGE[0]), np.log10(Q_RANGE[1]), 60)
-    with rc_context(_RC):
+    with rc_context(RC):
         fig = Figure(figsize=(7.5, 3.8))
         ax = _axes(fig)
         for i, c in enumerate(curves):
             encode, query = _cost_at(c, n)
             ax.plot(qs, encode + qs * query, color=f"C{i % 10}", linewidth=1.4,
-                    label=_short(f"{c.label} ({c.strategy})"))
+                    label=short_label(f"{c.label} ({c.strategy})"))
         ax.set_xlabel(f"queries Q against one gallery of N = {n:,}")
         ax.set_ylabel("total time, ms")
         ax.legend(fontsize=7.5, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
-        return _to_svg(fig, prefix)
+        return to_svg(fig, prefix)
 
 
 def retrieval_markdown(section: RetrievalSection) -> list[str]:
     """The section's numbers as markdown lines (no charts): fits and crossovers."""
-    from vlbench.report.markdown import escape
-
     lines = ["### Retrieval cost", "",
              "cost(Q, N) = encode(N) + Q * query(N), each fitted as a + b*N (ms).", ""]
     for d in section.directions:
@@ -220,3 +221,7 @@ def retrieval_markdown(section: RetrievalSection) -> list[str]:
                          f"Q = 1: {escape(describe_n(c, 1, q1))}")
         lines.append("")
     return lines
+
+
+SECTION = Section(name="retrieval", title="Retrieval cost", build=retrieval_section,
+                  template="_retrieval.html.j2", markdown=retrieval_markdown)

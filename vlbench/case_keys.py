@@ -1,0 +1,36 @@
+"""The identity of a case: the key that tells, within a run, which cases are already done (a
+resume), and the key that matches a case across runs, rounds and the sides of an A/B run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vlbench.results import CaseSpec
+
+
+def case_key(spec: CaseSpec) -> str:
+    """A stable identity for a case within a run, so a resume can tell what is already done.
+    The execution mode and a per-case thread count join the key only when they are not the
+    defaults, so the keys of eager runs stay what they were."""
+    height, width = spec.image_size
+    key = (
+        f"{spec.model}|{spec.batch_size}|{height}x{width}|{spec.text_len}"
+        f"|{spec.precision}|{spec.device}"
+    )
+    if getattr(spec, "mode", "eager") != "eager":
+        key += f"|{spec.mode}"
+    if getattr(spec, "threads", None) is not None:
+        key += f"|t{spec.threads}"
+    if getattr(spec, "task", None):
+        key += f"|{spec.task}"
+    if getattr(spec, "side", None):
+        key += f"|side{spec.side}"
+    if getattr(spec, "round", 0):
+        key += f"|r{spec.round}"
+    return key
+
+
+def identity_key(spec: CaseSpec) -> str:
+    """What a case measures, whatever its round or side: the key that matches a case across
+    runs, rounds and the two sides of an interleaved run."""
+    return case_key(dataclasses.replace(spec, round=0, side=None))
