@@ -106,4 +106,4 @@ class PatchProjection(nn.Module):
         cls = cls.expand(b, -1, -1)
         embeds = torch.cat([cls, x], dim=1)  # (B, 1 + rows*cols, D)
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), mask], dim=1)
-        return Tokens(embeds, mask)
+        return Tokens(embeds, mask, grid=(rows, cols))
