@@ -280,3 +280,7 @@ for _name in [n for n in PRESETS.names() if not n.endswith("-tiny")]:
     if isinstance(_preset.visual, RegionFeaturesConfig):
         _tiny = _precomputed(PRESETS.get(f"{_name}-tiny"))
         _register(_precomputed(_preset), replace(_tiny, name=f"{_name}-precomputed-tiny"))
+
+
+# VLMo, ALBEF and BLIP live in a module of their own; importing it registers them.
+from . import presets_itc  # noqa: E402,F401
