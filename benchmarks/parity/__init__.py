@@ -10,6 +10,8 @@ from .blip import (
     blip_param_name,
     load_blip_weights,
     reference_blip,
+    reference_itc_unmasked,
+    reference_itm_unmasked,
 )
 from .common import (
     Pair,
@@ -68,6 +70,8 @@ __all__ = [
     "reference_config",
     "reference_family",
     "reference_inputs",
+    "reference_itc_unmasked",
+    "reference_itm_unmasked",
     "reference_lxmert",
     "reference_model",
     "reference_vilt",

@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from architectures import Preset
@@ -158,3 +159,24 @@ def load_blip_weights(ours: nn.Module, theirs: nn.Module) -> None:
     missing = {n for n, t in src.items() if used.get(n) != t.numel()}
     if missing:
         raise KeyError(f"reference parameters not copied: {sorted(missing)}")
+
+
+def reference_itm_unmasked(theirs: nn.Module, pixel_values: torch.Tensor,
+                           input_ids: torch.Tensor) -> torch.Tensor:
+    """ITM logits (B, 2): ``BlipForImageTextRetrieval.forward`` with ``use_itm_head=True``, line
+    for line, its all-ones attention masks left out. transformers' mask helpers read mask values
+    (``padding_mask.all()``), which the meta device has not; with every token real the masks
+    change no output and no FLOP (the tests check both at tiny size)."""
+    image = theirs.vision_model(pixel_values=pixel_values).last_hidden_state  # (B, Nv, Dv)
+    grounded = theirs.text_encoder(input_ids=input_ids, encoder_hidden_states=image)
+    return theirs.itm_head(grounded.last_hidden_state[:, 0])
+
+
+def reference_itc_unmasked(theirs: nn.Module, pixel_values: torch.Tensor,
+                           input_ids: torch.Tensor) -> torch.Tensor:
+    """ITC similarities (B, B): the same forward with ``use_itm_head=False``, masks left out."""
+    image = theirs.vision_model(pixel_values=pixel_values).last_hidden_state
+    text = theirs.text_encoder(input_ids=input_ids).last_hidden_state  # (B, Nt, D)
+    image_feat = F.normalize(theirs.vision_proj(image[:, 0]), dim=-1)
+    text_feat = F.normalize(theirs.text_proj(text[:, 0]), dim=-1)
+    return image_feat @ text_feat.t()
