@@ -109,17 +109,17 @@ class SharedAttention(nn.Module):
 
 
 class Expert(nn.Module):
-    """x + gamma_2 * FFN(LN(x)): one modality's feed-forward with its own LayerNorm; the layer's
-    FFN scale (shared by its experts) comes in as ``gamma``."""
+    """FFN(LN(x)): one modality's feed-forward with its own LayerNorm. The layer adds it back
+    scaled by its FFN layer scale, which its experts share (a parameter is never a forward
+    argument: module trackers would treat it as an activation)."""
 
     def __init__(self, width: int, mlp_dim: int, *, eps: float) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width, eps=eps)
         self.mlp = MLP(width, mlp_dim, "gelu")
 
-    def forward(self, x: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
-        y = self.mlp(self.norm(x))
-        return x + (y if gamma is None else gamma * y)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm(x))
 
 
 class MultiwayLayer(nn.Module):
@@ -134,10 +134,15 @@ class MultiwayLayer(nn.Module):
         self.vl_ffn = Expert(width, mlp_dim, eps=eps) if vl_expert else None
         self.gamma = layer_scale(width, scale)
 
+    def ffn(self, expert: str, x: torch.Tensor) -> torch.Tensor:
+        """x + gamma_2 * expert(x), ``expert`` one of "v_ffn", "l_ffn", "vl_ffn"."""
+        y = self.get_submodule(expert)(x)
+        return x + (y if self.gamma is None else self.gamma * y)
+
     def modality(self, x: torch.Tensor, attn_mask: torch.Tensor | None,
                  expert: str) -> torch.Tensor:
         """One modality alone through the layer with its expert (``"v_ffn"``/``"l_ffn"``)."""
-        return self.get_submodule(expert)(self.attention(x, attn_mask), self.gamma)
+        return self.ffn(expert, self.attention(x, attn_mask))
 
 
 class FusionLayers(nn.Module):
@@ -157,8 +162,7 @@ class FusionLayers(nn.Module):
                 ) -> torch.Tensor:
         """``bias``: these layers' relative bias (n, h, N, N) or None; ``pad``: ``_padding``."""
         for i, layer in enumerate(self.layers):
-            assert layer.vl_ffn is not None
-            x = layer.vl_ffn(layer.attention(x, _layer_mask(bias, pad, i)), layer.gamma)
+            x = layer.ffn("vl_ffn", layer.attention(x, _layer_mask(bias, pad, i)))
         return x
 
 
@@ -289,8 +293,7 @@ class ModalityExperts(nn.Module):
         pad = _padding(torch.cat([text.mask, vision.mask], dim=1), bias)
         for i, layer in enumerate(self.expert_layers):
             x = layer.attention(x, _layer_mask(bias, pad, i))
-            x = torch.cat([layer.l_ffn(x[:, :nt], layer.gamma),
-                           layer.v_ffn(x[:, nt:], layer.gamma)], dim=1)
+            x = torch.cat([layer.ffn("l_ffn", x[:, :nt]), layer.ffn("v_ffn", x[:, nt:])], dim=1)
         if self.vl_start < self.depth:
             top = None if bias is None else bias[self.vl_start:]
             x = self.fusion_layers(x, top, pad)
