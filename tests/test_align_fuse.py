@@ -266,3 +266,13 @@ def test_tiny_twins_keep_the_published_layouts() -> None:
         twin: AlignFuseConfig = PRESETS.get(f"{name}-tiny").fusion
         assert twin.layout == config.layout
         assert twin.fusion_depth * config.text_depth == config.fusion_depth * twin.text_depth
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_tiny_flops_the_way_the_harness_counts_them(name: str) -> None:
+    """Under inference mode on CPU with every stage attributed, as ``vlbench profile`` counts."""
+    model = tiny(name)
+    images, ids, mask = inputs(model, name, batch=1)
+    with torch.inference_mode():
+        total, _ = count_flops(model, lambda: model(images, ids, mask), model.stages())
+    assert total == expected_flops(name, itm=True)

@@ -385,3 +385,15 @@ def test_full_size_flops_on_meta(name: str) -> None:
     print(f"\n{name}: {total / 1e9:.2f} GFLOPs; "
           + ", ".join(f"{s.removeprefix('fusion.')} {per_stage[s] / 1e9:.2f}" for s in tops))
     assert math.isclose(sum(per_stage[s] for s in tops), per_stage["fusion"], rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("name", TINY.values())
+def test_tiny_flops_the_way_the_harness_counts_them(name: str) -> None:
+    """Under inference mode on CPU with every stage attributed, as ``vlbench profile`` counts
+    (FlopCounterMode's module tracker hooks every stage module: no parameter may be a forward
+    argument)."""
+    model = tiny(name)
+    images, ids, mask = inputs(model, name, batch=1)
+    with torch.inference_mode():
+        total, _ = count_flops(model, lambda: model(images, ids, mask), model.stages())
+    assert total == expected_flops(name)
