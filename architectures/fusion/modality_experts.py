@@ -21,9 +21,13 @@ costs differ in kind, not just in size:
   modality: 2 x depth calls, image then text -- one set of modules serves both passes, so their
   calls are one stage), ``v_ffn`` and ``l_ffn`` (depth calls each), ``interaction``.
 
-Both ways build the same parameters (the pooler the fusion way reads and the ITC projections
-the dual way reads are always there), so a checkpoint loads into either; ``encode_image`` and
-``encode_text`` give the dual way's embeddings whatever ``way`` the forward runs.
+The way is a config field, not two methods, because the harness times ``forward`` and reads
+``substages``: a preset (``vlmo-base``, ``vlmo-base-dual``) says which way is timed, and each way
+declares the stages it really runs. Both ways build the same parameters (the pooler the fusion
+way reads and the ITC projections the dual way reads are always there), so a checkpoint loads
+into either; ``encode_image`` and ``encode_text`` give the dual way's embeddings whatever
+``way`` the forward runs. ``fusion_layers``' parameters include its layers' V-FFN and L-FFN,
+which only the dual way runs.
 
 Left out against the official module: pretraining-only heads (the VL-FFN ITC projections and
 their logit scale, the ITM and MLM heads), dropout and drop path. The image patch embedding and
@@ -166,8 +170,8 @@ class FusionLayers(nn.Module):
         return x
 
 
-def _every(n: int, prefix: str, part: str, start: int = 0) -> tuple[str, ...]:
-    return tuple(f"{prefix}.{i}.{part}" for i in range(start, start + n))
+def _every(n: int, prefix: str, part: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}.{i}.{part}" for i in range(n))
 
 
 def _padding(mask: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
