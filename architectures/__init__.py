@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from feature_extractors import Stage, build_embedder, spec_for_config
 
+from . import presets, presets_itc  # noqa: F401 - importing them registers the presets
 from .compose import compose, pair_matrix, resolve_preset
 from .fusion import FUSIONS, FusionOutput, build_fusion, fusion_spec_for_config
 from .heads import build_head
 from .model import VLModel
-from .presets import PRESETS, Preset
+from .preset import PRESETS, Preset
 
 
 def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:

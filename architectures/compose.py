@@ -13,7 +13,7 @@ from __future__ import annotations
 from feature_extractors import EMBEDDERS, UnknownNameError, spec_for_config, visual_embedder
 
 from .fusion import FUSIONS, fusion_spec_for_config
-from .presets import PRESETS, Preset
+from .preset import PRESETS, Preset
 
 SIZES = ("base", "tiny")
 

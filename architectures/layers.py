@@ -29,10 +29,12 @@ class Attention(nn.Module):
     """Multi-head attention; queries from ``x``, keys and values from ``context`` (self-attention
     when ``context`` is None), so the same module serves co-attention. The heads work at
     ``inner`` width (default ``width``), which may differ from the query stream's: ViLBERT's
-    bi-attention has 768-wide text queries, 1024-wide heads, output projected back to 768."""
+    bi-attention has 768-wide text queries, 1024-wide heads, output projected back to 768.
+    ``key_bias=False`` leaves out the key projection's bias (BEiT and VLMo bias q and v only;
+    a key bias shifts every score of a query equally, which softmax ignores)."""
 
     def __init__(self, width: int, heads: int, *, context_width: int | None = None,
-                 inner: int | None = None) -> None:
+                 inner: int | None = None, key_bias: bool = True) -> None:
         super().__init__()
         inner = inner or width
         if inner % heads:
@@ -40,7 +42,7 @@ class Attention(nn.Module):
         context_width = context_width or width
         self.heads = heads
         self.query = nn.Linear(width, inner)
-        self.key = nn.Linear(context_width, inner)
+        self.key = nn.Linear(context_width, inner, bias=key_bias)
         self.value = nn.Linear(context_width, inner)
         self.out = nn.Linear(inner, width)
 

@@ -7,7 +7,7 @@ numbers, never in code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from feature_extractors import (
@@ -17,35 +17,13 @@ from feature_extractors import (
     PatchProjectionConfig,
     PrecomputedRegionsConfig,
     RegionFeaturesConfig,
-    Registry,
     ResNetGridConfig,
 )
 
 from .fusion import DualEncoderConfig, SingleStreamConfig, TwoStreamConfig
 from .fusion.two_stream import TINY_VILBERT
 from .heads import VQAHeadConfig
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    visual: Any  # an embedder config dataclass
-    text: Any  # a text embedder config dataclass
-    fusion: Any  # a fusion config dataclass
-    image_size: tuple[int, int]  # canonical input (height, width)
-    text_len: int
-    head: Any | None = None  # task head added by ``--head``
-    paper_tokens: str | None = None  # the ViLT paper's Table 6 token count, where it differs
-    source: str = ""
-
-
-PRESETS: Registry[Preset] = Registry("model")
-
-
-def _register(published: Preset, tiny: Preset) -> None:
-    PRESETS.register(published.name, published)
-    PRESETS.register(tiny.name, tiny)
+from .preset import PRESETS, Preset, register_pair
 
 
 def _vilt(name: str, *, width: int, depth: int, heads: int, mlp: int, patch: int,
@@ -86,7 +64,7 @@ def _clip(name: str, *, patch: int, image: int, vision: tuple[int, int, int, int
     )
 
 
-_register(
+register_pair(
     _vilt("vilt-b32", width=768, depth=12, heads=12, mlp=3072, patch=32, pos_grid=(12, 12),
           vocab=30522, text_len=40, image_size=(384, 640), head_hidden=1536, answers=3129,
           description="ViLT-B/32: patch projection + single-stream ViT-B, 240 patches + 40 text"),
@@ -96,7 +74,7 @@ _register(
 )
 
 for _patch in (32, 16):
-    _register(
+    register_pair(
         _clip(f"clip-vit-b{_patch}", patch=_patch, image=224, vision=(768, 12, 12, 3072),
               text=(512, 12, 8, 2048), embed_dim=512, vocab=49408, context=77,
               description=f"CLIP ViT-B/{_patch}: dual encoder, 224x224 + 77 text tokens"),
@@ -131,7 +109,7 @@ def _bert_single_stream(name: str, *, visual: Any, bert: tuple[int, int, int, in
 # "800x1333" is a resize bound (shorter side 800, longer at most 1333). The tensor timed is the
 # bound itself, 800x1333 (aspect 5:3, the same as ViLT's 384x640), padded to 800x1344 for the
 # detector's stride as detectron pads to 32.
-_register(
+register_pair(
     _bert_single_stream(
         "uniter-base", visual=RegionFeaturesConfig(location_dims=7, width=768), bert=BERT_BASE,
         vocab=28996, max_positions=512, text_len=60, image_size=(800, 1333),
@@ -143,7 +121,7 @@ _register(
         text_len=8, image_size=(128, 160), paper_tokens=None, source="",
         description="UNITER-Base twin for tests: toy detector, 2 layers"),
 )
-_register(
+register_pair(
     _bert_single_stream(
         "pixelbert-r50", visual=ResNetGridConfig(backbone="r50", pool=2), bert=BERT_BASE,
         vocab=30522, max_positions=512, text_len=40, image_size=(800, 1333),
@@ -157,7 +135,7 @@ _register(
 )
 
 
-_register(
+register_pair(
     _bert_single_stream(
         "uniter-large", visual=RegionFeaturesConfig(location_dims=7, width=1024),
         bert=(1024, 24, 16, 4096), vocab=28996, max_positions=512, text_len=60,
@@ -171,7 +149,7 @@ _register(
 )
 # VisualBERT's detector was X152-FPN (the ViLT paper's Table 7); its region embedding is a
 # projection of the 2048-d feature, no box location.
-_register(
+register_pair(
     _bert_single_stream(
         "visualbert",
         visual=RegionFeaturesConfig(backbone="x152-32x8d", head="fpn", location_dims=0,
@@ -185,7 +163,7 @@ _register(
         bert=TINY_BERT, vocab=1000, max_positions=16, text_len=8, image_size=(128, 160),
         paper_tokens=None, source="", description="VisualBERT twin for tests: toy FPN detector"),
 )
-_register(
+register_pair(
     _bert_single_stream(
         "pixelbert-x152", visual=ResNetGridConfig(backbone="x152-32x8d", pool=2), bert=BERT_BASE,
         vocab=30522, max_positions=512, text_len=40, image_size=(600, 1000),
@@ -231,7 +209,7 @@ TINY_LXMERT = replace(
     vision_depth=2, vision_heads=2, vision_mlp_dim=128, cross_width=64, cross_heads=2,
     text_layers_before_cross=(2, 2), vision_layers_before_cross=(2, 2))
 
-_register(
+register_pair(
     _two_stream(
         "vilbert-base",
         visual=RegionFeaturesConfig(location_dims=5, width=1024, embedding="vilbert",
@@ -247,7 +225,7 @@ _register(
         fusion=TINY_VILBERT, vocab=1000, text_len=8, image_size=(128, 160), paper_tokens=None,
         source="", description="ViLBERT-base twin for tests: toy detector, 2 co-attention"),
 )
-_register(
+register_pair(
     _two_stream(
         "lxmert", visual=RegionFeaturesConfig(location_dims=4, width=768, embedding="lxmert"),
         fusion=LXMERT, vocab=30522, text_len=20, image_size=(800, 1333), paper_tokens="36+20",
@@ -279,4 +257,4 @@ for _name in [n for n in PRESETS.names() if not n.endswith("-tiny")]:
     _preset = PRESETS.get(_name)
     if isinstance(_preset.visual, RegionFeaturesConfig):
         _tiny = _precomputed(PRESETS.get(f"{_name}-tiny"))
-        _register(_precomputed(_preset), replace(_tiny, name=f"{_name}-precomputed-tiny"))
+        register_pair(_precomputed(_preset), replace(_tiny, name=f"{_name}-precomputed-tiny"))

@@ -56,14 +56,16 @@ def cat_tokens(parts: Sequence[Tokens]) -> Tokens:
     boxes = None
     if all(p.boxes is not None for p in parts):
         boxes = torch.cat([pad(p.boxes, 0.0) for p in parts])  # type: ignore[arg-type]
+    grids = {p.grid for p in parts}
     return Tokens(torch.cat([pad(p.embeds, 0.0) for p in parts]),
-                  torch.cat([pad(p.mask, False) for p in parts]), boxes)
+                  torch.cat([pad(p.mask, False) for p in parts]), boxes,
+                  grids.pop() if len(grids) == 1 else None)
 
 
 def take(tokens: Tokens, start: int, stop: int) -> Tokens:
     """Items ``start:stop`` of a token batch (views, no copy)."""
     boxes = tokens.boxes[start:stop] if tokens.boxes is not None else None
-    return Tokens(tokens.embeds[start:stop], tokens.mask[start:stop], boxes)
+    return Tokens(tokens.embeds[start:stop], tokens.mask[start:stop], boxes, tokens.grid)
 
 
 class Projected(nn.Module):
@@ -132,7 +134,7 @@ class PairScorer(nn.Module):
     def forward(self, query: Tokens, candidates: Tokens) -> torch.Tensor:
         b = candidates.embeds.shape[0]
         boxes = query.boxes.expand(b, -1, -1) if query.boxes is not None else None
-        q = Tokens(query.embeds.expand(b, -1, -1), query.mask.expand(b, -1), boxes)
+        q = Tokens(query.embeds.expand(b, -1, -1), query.mask.expand(b, -1), boxes, query.grid)
         text, vision = (q, candidates) if self.query_side == "text" else (candidates, q)
         return self.match(self.fusion(text, vision).pooled)  # (B,)
 

@@ -60,7 +60,8 @@ def clone_tree(obj: Any) -> Any:
 
 @dataclass
 class Prepared:
-    """A built model with each stage's captured first call, its calls and FLOPs per forward."""
+    """A built model with each stage's captured first calls (one per module: a named set has
+    several), its calls and FLOPs per forward."""
 
     name: str
     preset: Preset
@@ -68,7 +69,7 @@ class Prepared:
     device: torch.device
     inputs: Call
     stages: dict[str, Stage]
-    first_call: dict[str, Call] = field(default_factory=dict)
+    first_call: dict[str, list[tuple[nn.Module, Call]]] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     flops: dict[str, int] = field(default_factory=dict)
     flops_total: int = 0
@@ -95,13 +96,16 @@ def prepare(name: str, opts: BenchOptions) -> Prepared:
     def capture(stage: str) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             prepared.calls[stage] = prepared.calls.get(stage, 0) + 1
-            if stage not in prepared.first_call:
-                prepared.first_call[stage] = (clone_tree(args), clone_tree(kwargs))
+            seen = prepared.first_call.setdefault(stage, [])
+            if all(m is not module for m, _ in seen):  # each module's first call
+                seen.append((module, (clone_tree(args), clone_tree(kwargs))))
         return hook
 
-    handles = [model.get_submodule(stage).register_forward_pre_hook(capture(stage),
-                                                                     with_kwargs=True)
-               for stage in stages]
+    handles = []
+    for stage in stages.values():  # a named set hooks each of its (distinct) modules
+        modules = {id(m): m for m in map(model.get_submodule, stage.modules)}
+        handles += [m.register_forward_pre_hook(capture(stage.name), with_kwargs=True)
+                    for m in modules.values()]
     try:
         forward()
     finally:
@@ -141,20 +145,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_pedantic(benchmark: Any, module: nn.Module, call: Call, device: torch.device,
+def run_pedantic(benchmark: Any, steps: list[tuple[nn.Module, Call]], device: torch.device,
                  config: pytest.Config) -> None:
-    """Time ``module(*args, **kwargs)`` on fresh clones of ``call``, synchronising inside the
-    timed function on CUDA; the clone happens (and finishes) in the untimed setup."""
+    """Time each ``module(*args, **kwargs)`` of ``steps`` in turn (one module, or a named set's
+    modules on their first calls) on fresh clones of the calls, synchronising inside the timed
+    function on CUDA; the clone happens (and finishes) in the untimed setup."""
 
     def setup() -> Call:
         with torch.inference_mode():
-            args, kwargs = clone_tree(call)
+            calls = [clone_tree(call) for _, call in steps]
         _sync(device)
-        return args, kwargs
+        return (calls,), {}
 
-    def target(*args: Any, **kwargs: Any) -> None:
+    def target(calls: list[Call]) -> None:
         with torch.inference_mode():
-            module(*args, **kwargs)
+            for (module, _), (args, kwargs) in zip(steps, calls, strict=True):
+                module(*args, **kwargs)
         _sync(device)
 
     rounds = 1
@@ -202,12 +208,18 @@ def test_stage(benchmark: Any, models: ModelCache, vlbench_options: BenchOptions
         stage=stage.name, kind=stage.kind, parent=stage.parent, host_sync=stage.host_sync,
         calls=calls,
         # A stage run several times per forward (two-stream layer groups, LXMERT's shared
-        # cross-attention) is timed on its first call's inputs only.
-        timed_call="only call" if calls == 1 else f"first of {calls} calls per forward",
+        # cross-attention) is timed on its first call's inputs only; a named set of modules on
+        # each module's first call, in turn.
+        timed_call=_timed_call(calls, len(prepared.first_call[stage_name])),
         flops_per_forward=prepared.flops[stage_name],
     )
-    run_pedantic(benchmark, prepared.model.get_submodule(stage_name),
-                 prepared.first_call[stage_name], prepared.device, pytestconfig)
+    run_pedantic(benchmark, prepared.first_call[stage_name], prepared.device, pytestconfig)
+
+
+def _timed_call(calls: int, modules: int) -> str:
+    if modules > 1:
+        return f"the first call of each of its {modules} modules ({calls} calls per forward)"
+    return "only call" if calls == 1 else f"first of {calls} calls per forward"
 
 
 def test_end_to_end(benchmark: Any, models: ModelCache, vlbench_options: BenchOptions,
@@ -220,4 +232,4 @@ def test_end_to_end(benchmark: Any, models: ModelCache, vlbench_options: BenchOp
             s.host_sync for s in prepared.stages.values()),
         calls=1, timed_call="only call", flops_per_forward=prepared.flops_total,
     )
-    run_pedantic(benchmark, prepared.model, prepared.inputs, prepared.device, pytestconfig)
+    run_pedantic(benchmark, [(prepared.model, prepared.inputs)], prepared.device, pytestconfig)

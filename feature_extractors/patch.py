@@ -21,6 +21,8 @@ class PatchProjectionConfig:
     pos_grid: tuple[int, int] = (12, 12)
     bias: bool = True  # ViLT's projection has a bias, CLIP's has none
     in_channels: int = 3
+    #: False: no position table at all (VLMo: its attention adds a relative position bias)
+    absolute_positions: bool = True
 
 
 def canonical_patch(width: int, tiny: bool) -> tuple[PatchProjectionConfig, tuple[int, int]]:
@@ -32,7 +34,9 @@ def canonical_patch(width: int, tiny: bool) -> tuple[PatchProjectionConfig, tupl
 
 
 class PatchProjection(nn.Module):
-    """Image -> [CLS] + one token per patch, with position embeddings.
+    """Image -> [CLS] + one token per patch, with position embeddings (none with
+    ``absolute_positions=False``: VLMo's patch embedding, whose fusion adds a relative position
+    bias in attention instead).
 
     Position embeddings are interpolated to each image's own patch grid (ViLT); all patches are
     kept (inference). Grids come from ``ImageBatch.image_sizes`` on the host, so the stage never
@@ -47,6 +51,7 @@ class PatchProjection(nn.Module):
         pos_grid: tuple[int, int],
         bias: bool = True,
         in_channels: int = 3,
+        absolute_positions: bool = True,
     ) -> None:
         super().__init__()
         self.out_dim = width
@@ -54,9 +59,11 @@ class PatchProjection(nn.Module):
         self.pos_grid = tuple(pos_grid)
         self.proj = nn.Conv2d(in_channels, width, patch_size, stride=patch_size, bias=bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pos_grid[0] * pos_grid[1], width))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.pos_embed: nn.Parameter | None = None
+        if absolute_positions:
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + pos_grid[0] * pos_grid[1], width))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """Patch rows and columns for an image of ``(height, width)`` (partial patches dropped)."""
@@ -68,6 +75,7 @@ class PatchProjection(nn.Module):
 
     def _patch_pos(self, rows: int, cols: int) -> torch.Tensor:
         """Patch position embeddings for a ``rows x cols`` grid: (1, rows * cols, D)."""
+        assert self.pos_embed is not None
         table = self.pos_embed[:, 1:]
         if (rows, cols) == self.pos_grid:
             return table
@@ -82,17 +90,20 @@ class PatchProjection(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, rows*cols, D)
         grids = [self.grid(s) for s in images.image_sizes]
         if all(g == (rows, cols) for g in grids):
-            x = x + self._patch_pos(rows, cols)
+            if self.pos_embed is not None:
+                x = x + self._patch_pos(rows, cols)
             mask = torch.ones(b, rows * cols, dtype=torch.bool, device=x.device)
         else:  # mixed sizes: each image gets its own interpolated grid, the rest is padding
             pos = torch.zeros(b, rows, cols, d, dtype=x.dtype, device=x.device)
             mask = torch.zeros(b, rows, cols, dtype=torch.bool, device=x.device)
             for i, (r, c) in enumerate(grids):
-                pos[i, :r, :c] = self._patch_pos(r, c).reshape(r, c, d)
+                if self.pos_embed is not None:
+                    pos[i, :r, :c] = self._patch_pos(r, c).reshape(r, c, d)
                 mask[i, :r, :c] = True
             x = x + pos.flatten(1, 2)
             mask = mask.flatten(1)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)
+        cls = self.cls_token if self.pos_embed is None else self.cls_token + self.pos_embed[:, :1]
+        cls = cls.expand(b, -1, -1)
         embeds = torch.cat([cls, x], dim=1)  # (B, 1 + rows*cols, D)
         mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), mask], dim=1)
-        return Tokens(embeds, mask)
+        return Tokens(embeds, mask, grid=(rows, cols))

@@ -13,13 +13,19 @@ from .tokens import Tokens
 
 @dataclass(frozen=True)
 class BertTextConfig:
-    """BERT-style word + position + token-type embeddings, then LayerNorm (ViLT, UNITER, ...)."""
+    """BERT-style word + position + token-type embeddings, then LayerNorm (ViLT, UNITER, ...).
+
+    ``type_vocab_size=0``: no token-type table (BLIP's text embeddings are word + position).
+    ``add_positions=False``: the position table is kept but not added (VLMo's BERT embeddings
+    with ``position_embedding_type="rel_pos"``: the table is in its checkpoint, the positions
+    come from the fusion's relative position bias)."""
 
     vocab_size: int = 30522
     width: int = 768
     max_positions: int = 40  # ViLT's max text length; BERT itself has 512
     type_vocab_size: int = 2
     eps: float = 1e-12
+    add_positions: bool = True
 
 
 def canonical_bert_text(width: int, tiny: bool) -> tuple[BertTextConfig, None]:
@@ -30,7 +36,8 @@ def canonical_bert_text(width: int, tiny: bool) -> tuple[BertTextConfig, None]:
 
 class BertTextEmbedding(nn.Module):
     def __init__(
-        self, *, vocab_size: int, width: int, max_positions: int, type_vocab_size: int, eps: float
+        self, *, vocab_size: int, width: int, max_positions: int, type_vocab_size: int, eps: float,
+        add_positions: bool = True,
     ) -> None:
         super().__init__()
         self.out_dim = width
@@ -38,7 +45,8 @@ class BertTextEmbedding(nn.Module):
         self.max_positions = max_positions
         self.word = nn.Embedding(vocab_size, width)
         self.position = nn.Embedding(max_positions, width)
-        self.token_type = nn.Embedding(type_vocab_size, width)
+        self.add_positions = add_positions
+        self.token_type = nn.Embedding(type_vocab_size, width) if type_vocab_size else None
         self.norm = nn.LayerNorm(width, eps=eps)
         self.register_buffer("position_ids", torch.arange(max_positions), persistent=False)
 
@@ -46,8 +54,11 @@ class BertTextEmbedding(nn.Module):
         n = input_ids.shape[1]  # (B, N)
         if n > self.max_positions:
             raise ValueError(f"text length {n} exceeds the {self.max_positions} positions")
-        x = self.word(input_ids) + self.position(self.position_ids[:n])
-        x = x + self.token_type.weight[0]  # a single segment: type 0 everywhere
+        x = self.word(input_ids)  # (B, N, D)
+        if self.add_positions:
+            x = x + self.position(self.position_ids[:n])
+        if self.token_type is not None:
+            x = x + self.token_type.weight[0]  # a single segment: type 0 everywhere
         return Tokens(self.norm(x), attention_mask.bool())
 
 

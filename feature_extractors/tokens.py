@@ -13,12 +13,15 @@ class Tokens:
     """A batch of token sequences of one modality.
 
     ``embeds`` (B, N, D); ``mask`` (B, N) bool, True where a token is real (not padding);
-    ``boxes`` (B, N, 4) in pixels (x1, y1, x2, y2) for region tokens, else None.
+    ``boxes`` (B, N, 4) in pixels (x1, y1, x2, y2) for region tokens, else None; ``grid``
+    (rows, cols) of patch tokens laid out row by row after a [CLS] token, on the host (a
+    relative position bias needs it, and reading it from a tensor would synchronise), else None.
     """
 
     embeds: torch.Tensor
     mask: torch.Tensor
     boxes: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         b, n = self.embeds.shape[:2]

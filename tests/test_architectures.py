@@ -118,15 +118,18 @@ def test_every_stage_resolves_and_fires(name: str, head: bool) -> None:
     for stage in stages:
         if stage.parent is not None:
             assert stage.parent in names and stage.name.startswith(stage.parent + ".")
-        module = model.get_submodule(stage.name)
-        module.register_forward_hook(lambda *_, n=stage.name: calls.update([n]))
+        for path in stage.modules:  # a named set of modules: each reports to its stage
+            module = model.get_submodule(path)
+            module.register_forward_hook(lambda *_, n=stage.name: calls.update([n]))
     with torch.inference_mode():
         model(*canonical(model, name))
     # every declared stage fires; top-level stages and single-module stages exactly once; a
-    # two-stream model's layer groups run once per segment between co-attention blocks
+    # two-stream model's layer groups run once per segment between co-attention blocks; a named
+    # set once per call of its modules; a dual-way VLMo gathers its position bias per modality
     assert set(calls) == set(names)
-    repeated = {n for n in names if calls[n] > 1}
-    assert all(n.startswith(("fusion.text_stream", "fusion.vision_stream", "fusion.co_attention"))
+    repeated = {s.name for s in stages if calls[s.name] > 1 and not s.is_set}
+    assert all(n.startswith(("fusion.text_stream", "fusion.vision_stream", "fusion.co_attention",
+                             "fusion.position_bias"))
                for n in repeated), repeated
 
 
@@ -158,7 +161,8 @@ def test_unknown_model_lists_presets_in_one_line() -> None:
     message = str(info.value)
     assert "\n" not in message and "'vilt-b33'" in message
     assert all(name in message for name in PRESETS)
-    with pytest.raises(KeyError, match="valid: dual-encoder, single-stream"):
+    with pytest.raises(KeyError, match="valid: align-fuse, dual-encoder, modality-experts, "
+                                       "single-stream"):
         FUSIONS.get("co-attention")
 
 

@@ -15,8 +15,10 @@ from torch import nn
 
 from feature_extractors import Registry, StageKind
 
+from .align_fuse import TINY_ALIGN_FUSE, AlignFuse, AlignFuseConfig
 from .base import FusionOutput
 from .dual_encoder import TINY_DUAL_ENCODER, DualEncoder, DualEncoderConfig
+from .modality_experts import TINY_MODALITY_EXPERTS, ModalityExperts, ModalityExpertsConfig
 from .single_stream import TINY_SINGLE_STREAM, SingleStream, SingleStreamConfig
 from .two_stream import TINY_VILBERT, TwoStream, TwoStreamConfig
 
@@ -47,6 +49,16 @@ FUSIONS.register("dual-encoder", FusionSpec(
     "dual-encoder", StageKind.INTERACTION, DualEncoderConfig, DualEncoder,
     "separate vision and text towers, projections, dot product (CLIP)",
     defaults=(DualEncoderConfig(), TINY_DUAL_ENCODER), text_embedder="clip-text"))
+FUSIONS.register("modality-experts", FusionSpec(
+    "modality-experts", StageKind.INTERACTION, ModalityExpertsConfig, ModalityExperts,
+    "shared attention, a feed-forward expert per modality, vision-language experts on top; "
+    "run as a fusion or a dual encoder (VLMo)",
+    defaults=(ModalityExpertsConfig(), TINY_MODALITY_EXPERTS)))
+FUSIONS.register("align-fuse", FusionSpec(
+    "align-fuse", StageKind.INTERACTION, AlignFuseConfig, AlignFuse,
+    "image and text towers aligned by ITC, text-to-image cross-attention and an ITM head "
+    "(ALBEF, BLIP)",
+    defaults=(AlignFuseConfig(), TINY_ALIGN_FUSE)))
 
 
 def fusion_spec_for_config(config: Any) -> FusionSpec:
@@ -65,10 +77,14 @@ def build_fusion(config: Any, *, text_dim: int, vision_dim: int) -> nn.Module:
 
 __all__ = [
     "FUSIONS",
+    "AlignFuse",
+    "AlignFuseConfig",
     "DualEncoder",
     "DualEncoderConfig",
     "FusionOutput",
     "FusionSpec",
+    "ModalityExperts",
+    "ModalityExpertsConfig",
     "SingleStream",
     "SingleStreamConfig",
     "TwoStream",

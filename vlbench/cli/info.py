@@ -25,7 +25,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:<12} {e.modality:<7} {e.description}")
     elif args.what == "fusions":
         for name in FUSIONS:
-            print(f"{name:<14} {FUSIONS.get(name).description}")
+            print(f"{name:<18} {FUSIONS.get(name).description}")
     elif args.what == "pairs":
         _print_pairs()
     else:
