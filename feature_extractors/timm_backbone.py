@@ -181,7 +181,7 @@ class TimmBackbone(nn.Module):
                              f"{image_size[0]}x{image_size[1]}")
 
     def features_shape(self, image_size: tuple[int, int]) -> tuple[int, ...]:
-        """``forward_features``' output shape for one image, without computing it."""
+        """``forward_features``' output shape (for a batch of two), without computing it."""
         key = (int(image_size[0]), int(image_size[1]))
         if key not in self._shapes:
             self._check_size(key)
@@ -249,8 +249,10 @@ class TimmBackbone(nn.Module):
 
 
 def _shape_only(model: nn.Module, image_size: tuple[int, int]) -> tuple[int, ...]:
-    """Shape of ``model.forward_features`` on one image: a forward on the meta device for a meta
-    model, under torch's fake tensors otherwise (no memory, no compute, any arithmetic)."""
+    """Shape of ``model.forward_features`` on a batch of two: a forward on the meta device for a
+    meta model, under torch's fake tensors otherwise (no memory, no compute, any arithmetic).
+    Two images, not one: a just-built model is in training mode, where BatchNorm refuses a
+    single value per channel (the squeeze-excite blocks of ResNeSt, ReXNet, SK-ResNet)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     param = next(model.parameters(), None)
@@ -259,7 +261,7 @@ def _shape_only(model: nn.Module, image_size: tuple[int, int]) -> tuple[int, ...
         stack.enter_context(torch.no_grad())
         if device.type != "meta":
             stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-        out = model.forward_features(torch.empty(1, 3, *image_size, device=device))
+        out = model.forward_features(torch.empty(2, 3, *image_size, device=device))
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"forward_features gives a {type(out).__name__}, not one tensor")
     return tuple(int(d) for d in out.shape)
@@ -302,7 +304,8 @@ def timm_spec(name: str) -> EmbedderSpec:
         tokens = probe.num_tokens(size)
     except Exception as exc:  # reported in one line, not swallowed
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise UnknownNameError(f"timm model {name!r} cannot be an embedder: "
+        h, w = CANONICAL_INPUT
+        raise UnknownNameError(f"timm model {name!r} cannot be an embedder (probed at {h}x{w}): "
                                f"{type(exc).__name__}: {first}") from None
     layout = probe.layout
     what = (f"{layout.fmt} feature map, stride {layout.stride} -> grid tokens" if layout.is_map

@@ -144,9 +144,20 @@ def test_timm_names_resolve_through_the_one_registry() -> None:
     assert "timm" in EMBEDDERS.families()
 
 
+@pytest.mark.parametrize(("name", "kind", "tokens"), [
+    ("rexnet_100", StageKind.GRID, "240 tokens at 384x640"),  # BatchNorm in squeeze-excite
+    ("deit_small_distilled_patch16_224", StageKind.PATCH, "2 prefix; 962 tokens"),  # no ""-pool
+    ("vit_small_patch14_reg4_dinov2", StageKind.PATCH, "5 prefix; 1220 tokens at 378x630"),
+])
+def test_full_size_families_declare_their_kind_and_tokens(name: str, kind: StageKind,
+                                                          tokens: str) -> None:
+    spec = EMBEDDERS.get(f"timm:{name}")  # a meta build and a shape-only forward
+    assert spec.kind == kind and tokens in spec.description
+
+
 @pytest.mark.parametrize(("name", "expected"), [
     ("timm:convnext_bse", "unknown timm model 'convnext_bse'; close matches: convnext_base"),
-    ("timm:mixer_b16_224", "timm model 'mixer_b16_224' cannot be an embedder"),
+    ("timm:mixer_b16_224", "timm model 'mixer_b16_224' cannot be an embedder (probed at"),
     ("timmy", "or timm:<name> (any timm model"),
 ])
 def test_bad_names_are_one_line_errors(name: str, expected: str) -> None:
