@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from architectures import FUSIONS, build_model, compose, resolve_preset
+from architectures import FUSIONS, Preset, build_model, compose, resolve_preset
 from feature_extractors import (
     EMBEDDERS,
     ImageBatch,
@@ -29,6 +29,7 @@ from feature_extractors import (
 )
 from vlbench.cli import main
 from vlbench.profile import profile_model
+from vlbench.suites import SuiteError, parse_suite
 
 SMALL = (64, 96)
 #: name: (the layout it declares, prefix tokens, the embedder's stage kind, tokens at SMALL)
@@ -224,6 +225,24 @@ def test_size_tiny_keeps_the_named_timm_model_and_says_so() -> None:
     assert tiny.image_size == base.image_size == (384, 640)
     assert tiny.fusion != base.fusion and tiny.visual.width == tiny.fusion.vision_width
     assert "kept as named at --size tiny (only the fusion shrinks)" in tiny.description
+
+
+def test_suite_files_and_plugin_presets_name_timm_models() -> None:
+    suite = parse_suite("models:\n  - timm:test_resnet+single-stream-tiny\n"
+                        "  - {model: timm:test_vit+dual-encoder-tiny, image_size: 320x480}\n")
+    assert [(c.model, c.image_size) for c in suite.cases("cpu")] == [
+        ("timm:test_resnet+single-stream-tiny", (384, 640)),
+        ("timm:test_vit+dual-encoder-tiny", (320, 480))]
+    with pytest.raises(SuiteError, match="close matches: test_resnet"):
+        parse_suite("models: [timm:test_resnt+single-stream]")
+    # a plugin's own preset: a config is enough, the registry finds its spec
+    tiny = FUSIONS.get("single-stream").defaults[1]
+    text = EMBEDDERS.get("bert-text").canonical(tiny.text_width, True)[0]
+    preset = Preset(name="my-convnext", description="a plugin's preset", text=text, fusion=tiny,
+                    visual=TimmBackboneConfig("test_convnext", image_size=SMALL, width=64),
+                    image_size=SMALL, text_len=8)
+    model = build_model(preset)
+    assert model.embedder_name == "timm:test_convnext" and model.visual.out_dim == 64
 
 
 # --- full size, on the meta device, at a non-square input -------------------------------------
