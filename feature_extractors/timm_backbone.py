@@ -153,9 +153,10 @@ class TimmBackbone(nn.Module):
         if pool < 1 or (pool > 1 and not self.layout.is_map):
             raise ValueError(f"pool {pool}: a k x k max pool (k >= 1) applies to a feature map, "
                              f"and timm:{name} gives {self.layout.fmt} tokens")
-        #: the one input size a family built for ``img_size`` without a dynamic size takes
-        self.fixed_size = (tuple(image_size) if "img_size" in taken
-                           and "dynamic_img_size" not in taken else None)
+        #: the size a family that takes ``img_size`` but no dynamic size is built for; whether
+        #: it runs at others is the family's to say (a ByobNet does, a BEiT asserts)
+        self.static_size = (tuple(image_size) if "img_size" in taken
+                            and "dynamic_img_size" not in taken else None)
         self.backbone = TimmTrunk(model)
         self.substages: dict[str, StageKind] = {"backbone": StageKind.BACKBONE}
         self.pool = nn.MaxPool2d(pool) if pool > 1 else None
@@ -173,19 +174,20 @@ class TimmBackbone(nn.Module):
         """Grid tokens from a feature map, patch tokens from a token sequence."""
         return StageKind.GRID if self.layout.is_map else StageKind.PATCH
 
-    def _check_size(self, image_size: tuple[int, int]) -> None:
-        if self.fixed_size is not None and tuple(image_size) != self.fixed_size:
-            h, w = self.fixed_size
-            raise ValueError(f"timm:{self.name} is built for {h}x{w} and its family takes no "
-                             f"other input (no dynamic_img_size); got "
-                             f"{image_size[0]}x{image_size[1]}")
-
     def features_shape(self, image_size: tuple[int, int]) -> tuple[int, ...]:
         """``forward_features``' output shape (for a batch of two), without computing it."""
         key = (int(image_size[0]), int(image_size[1]))
         if key not in self._shapes:
-            self._check_size(key)
-            self._shapes[key] = _shape_only(self.backbone.model, key)
+            try:
+                self._shapes[key] = _shape_only(self.backbone.model, key)
+            except Exception as exc:
+                if self.static_size in (None, key):
+                    raise
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                (h, w), (ih, iw) = self.static_size, key
+                raise ValueError(f"timm:{self.name} is built for {h}x{w} (its family has no "
+                                 f"dynamic_img_size) and does not run at {ih}x{iw}: "
+                                 f"{first}") from None
             rank = 3 if self.layout.fmt == "NLC" else 4
             if len(self._shapes[key]) != rank:
                 raise ValueError(f"timm:{self.name}'s declared layout (output_fmt, "
@@ -216,9 +218,7 @@ class TimmBackbone(nn.Module):
         return self.features_shape(image_size)[1]
 
     def forward(self, images: ImageBatch) -> Tokens:
-        x = images.tensor
-        self._check_size(tuple(x.shape[-2:]))
-        x = self.backbone(x)  # (B, C, rows, cols), (B, rows, cols, C) or (B, N, C)
+        x = self.backbone(images.tensor)  # (B, C, rows, cols), (B, rows, cols, C) or (B, N, C)
         if self.layout.fmt == "NHWC" and self.pool is None:
             x = x.flatten(1, 2)  # (B, rows*cols, C)
         elif self.layout.is_map:
@@ -299,7 +299,7 @@ def timm_spec(name: str) -> EmbedderSpec:
         with torch.device("meta"):
             probe = TimmBackbone(name=name, image_size=CANONICAL_INPUT)
             size = round_to_stride(CANONICAL_INPUT, probe.layout.stride)
-            if size != CANONICAL_INPUT and probe.fixed_size is not None:
+            if size != CANONICAL_INPUT and probe.static_size is not None:
                 probe = TimmBackbone(name=name, image_size=size)
         tokens = probe.num_tokens(size)
     except Exception as exc:  # reported in one line, not swallowed

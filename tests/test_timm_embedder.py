@@ -122,12 +122,14 @@ def test_forward_reads_no_device_value(name: str, no_host_reads) -> None:
     assert out.embeds.shape[-1] == 32
 
 
-def test_a_family_without_dynamic_size_takes_only_its_size() -> None:
+def test_a_family_without_dynamic_size_says_so_where_it_cannot_run() -> None:
     module = TimmBackbone(name="test_vit_relpos", image_size=SMALL)
-    assert module.fixed_size == SMALL
-    with pytest.raises(ValueError, match="built for 64x96 and its family takes no other input"):
-        module(ImageBatch.from_tensor(torch.randn(1, 3, 64, 128)))
-    assert TimmBackbone(name="test_vit", image_size=SMALL).fixed_size is None
+    assert module.static_size == SMALL
+    with pytest.raises(ValueError, match="built for 64x96 .* and does not run at 64x128: Input"):
+        module.num_tokens((64, 128))  # what the harness asks before it times a case
+    assert TimmBackbone(name="test_vit", image_size=SMALL).static_size is None  # dynamic
+    byob = TimmBackbone(name="test_byobnet", image_size=SMALL)  # takes img_size, runs at any
+    assert byob.static_size == SMALL and byob.num_tokens((128, 192)) == 4 * 6
 
 
 # --- names -----------------------------------------------------------------------------------
@@ -275,7 +277,7 @@ def test_full_size_swin_reads_nhwc_and_projects_to_the_fusion() -> None:
     with torch.device("meta"):
         model = build_model(name)
     assert model.visual.layout.fmt == "NHWC"  # Swin's output_fmt
-    assert model.visual.fixed_size is None  # dynamic size: other inputs work too
+    assert model.visual.static_size is None  # dynamic size: other inputs work too
     assert model.visual.num_tokens((512, 512)) == 16 * 16
 
 
