@@ -5,7 +5,9 @@ BERT-base; two stream: ViLBERT-base; dual encoder: CLIP ViT-B), the visual embed
 canonical settings with its token width set to the fusion's visual width (patch 32 at 384x640;
 grid ResNet-50 and region R101-C4 at 800x1333), a BERT-style text embedder (CLIP-style for the
 dual encoder) and 40 text tokens. ``size="tiny"`` gives the same pair at test widths. A pair name
-works wherever a preset name does.
+works wherever a preset name does. ``timm:<name>`` names any timm model as the embedder
+(``timm:convnext_base+single-stream``): built for 384x640 rounded down to its stride, kept as
+named at ``size="tiny"`` (only the fusion shrinks).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Embedders: images or token ids -> ``Tokens``, and the contract between models and harness.
 
 Plain PyTorch, importable on its own. ``EMBEDDERS`` maps a name to an ``EmbedderSpec`` (the
-config dataclass, the module it builds and how a composed pair builds it);
+config dataclass, the module it builds and how a composed pair builds it), and ``timm:<name>``
+names any timm model, its entry built on demand;
 ``build_embedder(config)`` turns a config into a module with explicit keyword arguments, so leaf
 modules never see a config object. ``stages`` holds the stage contract every model speaks.
 """
@@ -46,6 +47,7 @@ from .text import (
     canonical_bert_text,
     canonical_clip_text,
 )
+from .timm_backbone import TimmBackbone, TimmBackboneConfig, timm_spec
 from .tokens import ImageBatch, Tokens
 
 EMBEDDERS: Registry[EmbedderSpec] = Registry("embedder")
@@ -67,9 +69,16 @@ EMBEDDERS.register("bert-text", EmbedderSpec(
 EMBEDDERS.register("clip-text", EmbedderSpec(
     "clip-text", "text", StageKind.TEXT, ClipTextConfig, ClipTextEmbedding,
     "CLIP token + position embeddings", canonical_clip_text))
+EMBEDDERS.register_prefix(
+    "timm", timm_spec, help="any timm model by its timm.list_models() name, random weights")
 
 
 def spec_for_config(config: Any) -> EmbedderSpec:
+    """The registry entry that builds ``config``; a config of a family of names (``timm:<name>``)
+    says its name as ``registry_name``."""
+    family_name = getattr(config, "registry_name", None)
+    if family_name is not None:
+        return EMBEDDERS.get(family_name)
     for name in EMBEDDERS:
         spec = EMBEDDERS.get(name)
         if isinstance(config, spec.config):
@@ -115,6 +124,8 @@ __all__ = [
     "StageDeclarationError",
     "StageKind",
     "Substage",
+    "TimmBackbone",
+    "TimmBackboneConfig",
     "Tokens",
     "UnknownNameError",
     "build_embedder",

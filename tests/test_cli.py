@@ -91,7 +91,8 @@ def two_model_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ("what", "names"),
     [
         ("models", PRESETS.names()),
-        ("embedders", EMBEDDERS.names()),
+        # then one line per family of names: "timm:<name>"
+        ("embedders", EMBEDDERS.names() + [f"{p}:<name>" for p in EMBEDDERS.families()]),
         ("fusions", FUSIONS.names()),
         ("suites", builtin_suites()),
     ],

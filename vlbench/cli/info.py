@@ -23,6 +23,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in EMBEDDERS:
             e = EMBEDDERS.get(name)
             print(f"{name:<12} {e.modality:<7} {e.description}")
+        for prefix, about in EMBEDDERS.families().items():
+            print(f"{prefix + ':<name>':<12} {'visual':<7} {about}, e.g. "
+                  f"'vlbench run --compose {prefix}:convnext_base+single-stream'")
     elif args.what == "fusions":
         for name in FUSIONS:
             print(f"{name:<18} {FUSIONS.get(name).description}")
@@ -48,6 +51,9 @@ def _print_pairs() -> None:
         print(f"{v:<12} {row}")
     print("\nany cell runs as EMBEDDER+FUSION, e.g. 'vlbench run --compose patch+two-stream'; "
           "'--size tiny' for test widths")
+    for prefix, about in EMBEDDERS.families().items():
+        print(f"{prefix}:<name> is an embedder too ({about}): "
+              f"'vlbench run --compose {prefix}:eva02_base_patch14_224+dual-encoder'")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
