@@ -17,8 +17,10 @@ from feature_extractors import (
     declared_stages,
     stage_workload,
 )
+from vlbench import paper
 from vlbench.flops import count_flops, count_params
 from vlbench.timing import StageHooks, TimingOptions, measure
+from vlbench.upgrade import LEGACY_CATEGORIES, OTHER
 
 CPU = torch.device("cpu")
 
@@ -140,3 +142,12 @@ def test_host_sync_and_workload_read_through_the_contract() -> None:
     work = stage_workload(model, stages["visual.nms"])
     assert work["boxes_in_nms"] > 0 and work["classes"] == 10
     assert stage_workload(model, stages["fusion"]) == {}
+
+
+def test_stage_categories_are_the_reports_categories() -> None:
+    """The model side names each kind's category (``StageKind.category``); the read side, which
+    imports no model code, orders and colours the same strings, and reads runs stored before
+    categories were with a frozen map that must agree with today's kinds."""
+    assert {k.category for k in StageKind} <= {*paper.CATEGORIES, OTHER}
+    for kind, category in LEGACY_CATEGORIES.items():
+        assert StageKind(kind).category == category
