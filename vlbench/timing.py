@@ -36,6 +36,9 @@ class Measurement:
     stages_ms: dict[str, list[float]] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
     shared: bool = False
+    #: the hooked iterations' own end-to-end times: beside ``end_to_end_ms`` (taken without
+    #: hooks, interleaved) they give the hooks' overhead
+    hooked_ms: list[float] = field(default_factory=list)
 
 
 def _hook(model: nn.Module, stages: Sequence[Stage | str], pre: Callable[..., None],
@@ -150,6 +153,7 @@ def measure(
             hooked_ms = time_end_to_end(forward, device)
             per_stage = hooks.collect()
         check_fired(per_stage)
+        result.hooked_ms.append(hooked_ms)
         for name, (ms, calls) in per_stage.items():
             result.stages_ms[name].append(ms)
             result.calls[name] = calls

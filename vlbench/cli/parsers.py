@@ -117,8 +117,9 @@ def _compare(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -
 
 
 def _export(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("export", parents=[plugin], help="export a stored run as JSON or CSV")
-    p.add_argument("--run", default="latest", help="run id or 'latest' (default)")
+    p = sub.add_parser("export", parents=[plugin], help="export stored runs as JSON or CSV")
+    p.add_argument("--run", nargs="+", default=["latest"],
+                   help="run id(s) (space- or comma-separated) or 'latest' (default)")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--out", help="write to this file instead of standard output")
     _db(p)

@@ -19,12 +19,16 @@ from .stores import existing_store, open_store
 
 def cmd_report(args: argparse.Namespace) -> int:
     with open_store(existing_store(args.db)) as store:
-        refs = [r.strip() for arg in args.run for r in arg.split(",") if r.strip()]
-        run_ids = [store.resolve_run(r) for r in refs]
+        run_ids = _run_ids(store, args.run)
         baseline = store.resolve_run(args.baseline) if args.baseline else None
         out = report_to(store, run_ids, baseline, args.format, args.out, args.argv)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def _run_ids(store: Store, refs: list[str]) -> list[int]:
+    """``--run 3 4`` or ``--run 3,4`` or ``latest``: existing run ids, in order."""
+    return [store.resolve_run(r.strip()) for arg in refs for r in arg.split(",") if r.strip()]
 
 
 def report_to(store: Store, run_ids: list[int], baseline: int | None, fmt: str,
@@ -68,11 +72,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     with open_store(existing_store(args.db)) as store:
-        run_id = store.resolve_run(args.run)
+        run_ids = _run_ids(store, args.run)
         if args.format == "json":
-            text = json.dumps(export_json(store, [run_id]), indent=2)
+            text = json.dumps(export_json(store, run_ids), indent=2)
         else:
-            text = export_csv(store, [run_id])
+            text = export_csv(store, run_ids)
     if args.out:
         try:
             Path(args.out).write_text(text)

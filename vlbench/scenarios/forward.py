@@ -8,6 +8,7 @@ doubles as its first warm-up.
 
 from __future__ import annotations
 
+from statistics import median
 from typing import Any
 
 import torch
@@ -69,6 +70,8 @@ def _time(ctx: CaseContext) -> tuple[Any, Measurement]:
         ctx.settings["iterations"] = (
             "shared: end-to-end around the hooked forward (slow CPU case)" if measured.shared
             else "interleaved: end-to-end in separate iterations without hooks")
+        if not measured.shared and measured.hooked_ms:  # the hooks' overhead, for the record
+            ctx.settings["hooked_end_to_end_ms"] = round(median(measured.hooked_ms), 4)
         return ctx.forward, measured
     # never hook a compiled or captured model: it is timed end to end only
     timed, cold_s, extra = prepare_compiled(ctx)
