@@ -41,4 +41,7 @@ def test_dry_run_runs_its_steps_under_the_budget_and_packs_the_results(tmp_path:
     assert labels[0] == "gpu-pass: latency" and ok > 0
     export = json.loads((out / "results.json").read_text())
     assert export["schema"] == "vlbench.results" and export["runs"][0]["cases"]
+    ok_cases = [c for run in export["runs"] for c in run["cases"] if c["status"] == "ok"]
+    assert all(c["settings"]["energy"]["status"] == "not available: not a GPU run"
+               for c in ok_cases)  # a CPU has no energy counter: said, never a zero
     assert "vilt-b32-tiny" in (out / "report.html").read_text()

@@ -104,3 +104,13 @@ def test_paper_figures_are_stored_for_published_presets():
     assert ctx.identity.paper_bar == paper.figure1_bar("vilt-b32")
     assert ctx.identity.canonical_image_size == (384, 640)
     assert (ctx.identity.embedder, ctx.identity.fusion) == ("patch", "single-stream")
+
+
+def test_energy_is_not_available_on_a_cpu_and_says_why() -> None:
+    """Energy per forward comes from a GPU's NVML counter; a CPU case records why there is none,
+    never a zero (the GPU pass's export carries the field)."""
+    r = run_case(CaseSpec("vilt-b32-tiny", 1, (64, 96), 8, "fp32", "cpu"), FAST)
+    assert r.status == "ok", r.message
+    assert r.settings["energy"] == {"status": "not available: not a GPU run"}
+    assert "kernels_per_forward" not in r.settings  # counted on a GPU only
+    assert r.settings["hooked_end_to_end_ms"] > 0

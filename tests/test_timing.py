@@ -169,3 +169,23 @@ def test_slow_cpu_cases_share_iterations_and_fast_ones_do_not():
     for e2e, light, heavy in zip(slow.end_to_end_ms, slow.stages_ms["light"],
                                  slow.stages_ms["heavy"], strict=True):
         assert e2e >= light + heavy  # the end-to-end sample encloses the hooked stages
+
+
+def test_nvtx_ranges_wrap_each_stage_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--nvtx``: every hooked stage call is one NVTX range named after the stage, pushed and
+    popped in order (Nsight cannot run here; the ranges can be checked)."""
+    events: list[str] = []
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", lambda name: events.append(f"+{name}"))
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", lambda: events.append("-"))
+    model = TwoStageModel(rounds=2).eval()
+    x = torch.randn(8, 256)
+    measured = measure(lambda: model(x), model, ["light", "heavy"], torch.device("cpu"),
+                       TimingOptions(warmup=0, min_repeats=2, max_repeats=2, min_time_s=0.0,
+                                     cpu_share_above_s=float("inf")), nvtx=True)
+    assert measured.forwards == 4  # two hooked and two plain iterations
+    assert events.count("+light") == events.count("+heavy") == 2
+    depth = 0
+    for event in events:
+        depth += 1 if event.startswith("+") else -1
+        assert depth >= 0
+    assert depth == 0

@@ -74,7 +74,7 @@ def _capture(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, A
 def measure_end_to_end(forward: Callable[[], object], device: torch.device,
                        options: TimingOptions) -> list[float]:
     """End-to-end samples only (compiled and captured cases), with the stopping rule of every
-    timing loop (``TimingOptions.done``)."""
+    timing loop (``TimingOptions.done``); ``options.warmup`` forwards come first."""
     for _ in range(options.warmup):
         time_end_to_end(forward, device)
     samples: list[float] = []

@@ -87,6 +87,10 @@ class MeasureOptions:
     trace_dir: str | None = field(default=None, metadata=flag(
         "--trace", metavar="DIR",
         help="write a torch.profiler chrome trace of one forward per case into DIR"))
+    #: wrap each stage's timed calls in an NVTX range named after the stage
+    nvtx: bool = field(default=False, metadata=flag(
+        "--nvtx", action="store_true",
+        help="wrap each stage in an NVTX range named after it (for Nsight Systems)"))
 
 
 @dataclass(frozen=True)

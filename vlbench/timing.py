@@ -39,6 +39,8 @@ class Measurement:
     #: the hooked iterations' own end-to-end times: beside ``end_to_end_ms`` (taken without
     #: hooks, interleaved) they give the hooks' overhead
     hooked_ms: list[float] = field(default_factory=list)
+    #: forwards run in all, warm-up included (what an energy window divides by)
+    forwards: int = 0
 
 
 def _hook(model: nn.Module, stages: Sequence[Stage | str], pre: Callable[..., None],
@@ -64,10 +66,11 @@ class StageHooks:
     """
 
     def __init__(self, model: nn.Module, stages: Sequence[Stage | str],
-                 device: torch.device) -> None:
+                 device: torch.device, nvtx: bool = False) -> None:
         self.model, self.stages = model, list(stages)
         names = [stage_paths(s)[0] for s in self.stages]
         self.cuda = device.type == "cuda"
+        self.nvtx = nvtx  # each stage call also an NVTX range named after it (Nsight Systems)
         self._open: dict[str, list[Any]] = {name: [] for name in names}
         self._spans: dict[str, list[Any]] = {name: [] for name in names}
         self._handles: list[Any] = []
@@ -89,11 +92,15 @@ class StageHooks:
         return time.perf_counter_ns()
 
     def _pre(self, name: str, module: nn.Module, args: Any) -> None:
+        if self.nvtx:
+            torch.cuda.nvtx.range_push(name)
         self._open[name].append(self._now())
 
     def _post(self, name: str, module: nn.Module, args: Any, output: Any) -> None:
         start = self._open[name].pop()
         self._spans[name].append((start, self._now()))
+        if self.nvtx:
+            torch.cuda.nvtx.range_pop()
 
     def collect(self) -> dict[str, tuple[float, int]]:
         if self.cuda:
@@ -131,22 +138,26 @@ def measure(
     stages: Sequence[Stage | str],
     device: torch.device,
     options: TimingOptions,
+    nvtx: bool = False,
 ) -> Measurement:
     """Warm up, then alternate hooked (per-stage) and plain (end-to-end) iterations.
 
     A CPU forward slower than ``options.cpu_share_above_s`` (measured on the first warm-up)
     stops warming up and shares iterations: its end-to-end sample is the hooked forward's.
+    ``nvtx``: the hooked iterations' stages are NVTX ranges too.
     """
-    shared = False
+    shared, warm = False, 0
     for _ in range(options.warmup):
         warm_ms = time_end_to_end(forward, device)
+        warm += 1
         if device.type == "cpu" and warm_ms / 1e3 > options.cpu_share_above_s:
             shared = True
             break
     if device.type == "cuda":
         torch.cuda.synchronize()
-    result = Measurement(stages_ms={stage_paths(s)[0]: [] for s in stages}, shared=shared)
-    hooks = StageHooks(model, stages, device)
+    result = Measurement(stages_ms={stage_paths(s)[0]: [] for s in stages}, shared=shared,
+                         forwards=warm)
+    hooks = StageHooks(model, stages, device, nvtx=nvtx)
     began = time.perf_counter()
     while True:
         with hooks:
@@ -158,6 +169,7 @@ def measure(
             result.stages_ms[name].append(ms)
             result.calls[name] = calls
         result.end_to_end_ms.append(hooked_ms if shared else time_end_to_end(forward, device))
+        result.forwards += 1 if shared else 2
         if options.done(len(result.end_to_end_ms), time.perf_counter() - began):
             return result
 

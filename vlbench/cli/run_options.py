@@ -119,7 +119,8 @@ def measure_from(args: argparse.Namespace, timing: TimingOptions) -> MeasureOpti
     return MeasureOptions(
         timing=timing, head=args.head, seed=0 if args.seed is None else args.seed,
         compile_backend=args.compile_backend or None,
-        trace_dir=str(Path(args.trace_dir).resolve()) if args.trace_dir else None)
+        trace_dir=str(Path(args.trace_dir).resolve()) if args.trace_dir else None,
+        nvtx=args.nvtx)
 
 
 def launch_from(args: argparse.Namespace, device: str, threads: int) -> LaunchOptions:

@@ -17,12 +17,13 @@ from feature_extractors import ImageBatch, RegionBatch, stage_workload
 
 from ..compiled import measure_end_to_end, prepare_compiled
 from ..context import CaseContext
+from ..energy import energy_window
 from ..failures import UnsupportedCase
 from ..flops import count_flops, count_params
 from ..memory import peak_bytes, reset_peak
 from ..results import EXECUTION_MODES, CaseResult, CaseSpec
 from ..timing import Measurement, StageMemory, measure
-from ..trace import write_trace
+from ..trace import count_kernels, write_trace
 
 
 class Forward:
@@ -52,6 +53,8 @@ class Forward:
         if ctx.options.trace_dir:
             ctx.settings["trace"] = write_trace(ctx.spec, timed, ctx.device,
                                                 ctx.options.trace_dir)
+        if ctx.device.type == "cuda":  # the launch-bound floor: kernels one forward launches
+            ctx.settings["kernels_per_forward"] = count_kernels(timed, ctx.device)
         workload = {s.name: stage_workload(ctx.model, s) for s in ctx.stages}
         stages = ctx.stage_results(ctx.stages, samples=measured.stages_ms, calls=measured.calls,
                                    flops=flops, params=params, workload=workload,
@@ -64,9 +67,20 @@ class Forward:
 
 
 def _time(ctx: CaseContext) -> tuple[Any, Measurement]:
-    """The callable timed and its samples: per stage when eager, end to end otherwise."""
+    """The callable timed and its samples, inside the case's energy window (GPU)."""
+    forwards: list[int] = []
+    with energy_window(ctx.device, lambda: sum(forwards)) as energy:
+        timed, measured = _time_by_mode(ctx)
+        forwards.append(measured.forwards)
+    ctx.settings["energy"] = energy
+    return timed, measured
+
+
+def _time_by_mode(ctx: CaseContext) -> tuple[Any, Measurement]:
+    """Per stage when eager, end to end otherwise."""
     if ctx.spec.mode == "eager":
-        measured = measure(ctx.forward, ctx.model, ctx.stages, ctx.device, ctx.options.timing)
+        measured = measure(ctx.forward, ctx.model, ctx.stages, ctx.device, ctx.options.timing,
+                           nvtx=ctx.options.nvtx)
         ctx.settings["iterations"] = (
             "shared: end-to-end around the hooked forward (slow CPU case)" if measured.shared
             else "interleaved: end-to-end in separate iterations without hooks")
@@ -78,7 +92,8 @@ def _time(ctx: CaseContext) -> tuple[Any, Measurement]:
     ctx.settings.update(compile_s=round(cold_s, 4), stages_timed=False, **extra)
     samples = measure_end_to_end(timed, ctx.device, ctx.options.timing)
     ctx.settings["iterations"] = f"end to end only ({ctx.spec.mode}): stages not timed"
-    return timed, Measurement(end_to_end_ms=samples)
+    return timed, Measurement(end_to_end_ms=samples,
+                              forwards=ctx.options.timing.warmup + len(samples))
 
 
 def _stage_peaks(ctx: CaseContext) -> dict[str, int]:
