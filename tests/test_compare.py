@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from contention_records import QUIET
 from scipy.stats import mannwhitneyu
 
 from vlbench.compare import (
@@ -32,7 +33,7 @@ def _round(median: float, round_: int = 0, model: str = "m", side: str | None = 
     return CaseResult(spec=CaseSpec(model, 1, (32, 32), 4, "fp32", "cpu", round=round_,
                                     side=side),
                       status="ok", end_to_end=summarize(samples), end_to_end_samples_ms=samples,
-                      stages=(stage,), flops_total=flops, params_total=5)
+                      stages=(stage,), flops_total=flops, params_total=5, contention=QUIET)
 
 
 def _side(medians: np.ndarray, **kw) -> list[CaseResult]:  # noqa: ANN003

@@ -199,10 +199,19 @@ def test_interleaved_plugin_ab_flags_the_changed_stage(tmp_path: Path,
     data = json.loads(capsys.readouterr().out)
     table = [(s["stage"], round(s["ratio"], 3), s["p_value"], s["verdict"])
              for s in data["stages"]]
-    assert status == 1 and data["interleaved"], table
-    flagged = {s["stage"] for s in data["stages"] if s["verdict"] == "slower"}
-    assert "visual.refine" in flagged, table
-    assert flagged <= {"visual.refine", "visual", "end_to_end"}, table
+    assert data["interleaved"], table
+    assert all(c.contention is not None for c in cases)  # every round saw its machine
+    if any(c.contention.contended for c in cases):
+        # a busy machine (other work beside the test): the gate may not decide, whatever the
+        # rounds say (docs/contention.md); the statistics below need a quiet machine
+        assert status == 0 and all(s["verdict"] == "inconclusive" and s["contention"]
+                                   for s in data["stages"]), table
+        assert main(["compare", "1", "--db", str(db), "--strict"]) == 1
+    else:
+        assert status == 1, table
+        flagged = {s["stage"] for s in data["stages"] if s["verdict"] == "slower"}
+        assert "visual.refine" in flagged, table
+        assert flagged <= {"visual.refine", "visual", "end_to_end"}, table
     assert {(c["stage"], c["what"]) for c in data["changes"]} >= {("visual.refine", "flops")}
     assert main(["compare", "1:A", "1:B", "--db", str(db), "--fail-on-flops-change"]) == 1
     # the report of the run shows both sides and their comparison, with the same verdicts

@@ -403,7 +403,8 @@ def test_failing_migration_leaves_the_old_store_intact(tmp_path, monkeypatch):
 # run of the tiny twins, a tiny retrieval run, and vilt-b32, pixelbert-r50 and uniter-base at
 # full size (tests/data/README.md says how it was made).
 STORE_V2 = REPO_ROOT / "tests" / "data" / "store_v2.db"
-NEW_FIELDS = {"paper_row", "paper_bar", "canonical_image_size", "canonical_text_len"}
+NEW_FIELDS = {"paper_row", "paper_bar", "canonical_image_size", "canonical_text_len",
+              "contention"}
 
 
 def test_a_store_of_the_previous_release_is_migrated(tmp_path):
@@ -426,6 +427,7 @@ def test_a_store_of_the_previous_release_is_migrated(tmp_path):
         assert by_model[name].paper_bar == paper.figure1_bar(name) is not None
     for r in results:
         assert (r.canonical_image_size, r.canonical_text_len) == (None, None)  # not recorded
+        assert r.contention is None  # not measured then: never read as a quiet machine
         assert all(s.category == legacy_category(s.kind) for s in r.stages)
         if r.spec.model.endswith("-tiny"):
             assert r.paper_row is None and r.paper_bar is None

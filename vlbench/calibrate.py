@@ -13,6 +13,10 @@ from .precision import autocast_dtype
 
 #: square matrix size per device type: large enough to reach the GEMM plateau
 SIZES = {"cpu": 1024, "cuda": 8192}
+#: seconds of the calibration repeated after every case (``vlbench.contention``): short, since
+#: it runs per case, yet a few products on a CPU (about 20 ms each on two cores) and dozens on a
+#: GPU, so that its best is comparable with the run's first, longer calibration
+RECHECK_S = 0.1
 
 
 def matmul_peak_flops(device: str | torch.device, precision: str = "fp32",

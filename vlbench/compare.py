@@ -33,10 +33,16 @@ Verdicts: *slower* / *faster* when the change is beyond ``threshold`` (10% by de
 significant, or when the comparison could have missed a slowdown of ``MISS_FACTOR x threshold``
 (15% by default); *same* otherwise. Parameters, FLOPs and workload are deterministic and compared
 exactly (``DeterministicChange``).
+
+The machine: whatever the statistics say, a case with a round measured on a busy machine, or
+with no contention record (stored before vlbench measured it), on either side is *inconclusive*
+(``vlbench.contention.comparison_block``): never slower or faster, and never silently same, so
+that an always-busy CI runner cannot switch the gate off unnoticed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -45,6 +51,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from vlbench.case_keys import identity_key
+from vlbench.contention import comparison_block
 from vlbench.rank_test import min_p_value, rank_p_value, ratio_interval
 from vlbench.results import CaseResult
 
@@ -79,6 +86,9 @@ class StageComparison:
     detectable: float = math.inf
     reason: str = ""  # why the verdict is inconclusive
     parent: str | None = None  # enclosing stage; None for top-level stages and end-to-end
+    #: why the machine makes this comparison inconclusive (a side measured on a busy machine, or
+    #: without a contention record); "" when both sides were measured quiet
+    contention: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,8 @@ class Comparison:
     only_current: list[str] = field(default_factory=list)
     #: where the run-to-run drift of separate runs came from, for the printed summary
     drift: str = ""
+    #: per case made inconclusive by the machine: which side's rounds were busy and why
+    machine: list[str] = field(default_factory=list)
 
     def count(self, verdict: str) -> int:
         return sum(1 for c in self.stages if c.verdict == verdict)
@@ -264,11 +276,22 @@ def compare_cases(
                          "input size, precision, device and mode)")
     stages: list[StageComparison] = []
     changes: list[DeterministicChange] = []
+    machine = []
     for key in common:
         result = cur_last[key]
-        stages += _stage_comparisons(key, result, base_rounds[key], cur_rounds[key],
-                                     threshold=threshold, alpha=alpha, interleaved=interleaved,
-                                     run_noise=run_noise)
+        found = _stage_comparisons(key, result, base_rounds[key], cur_rounds[key],
+                                   threshold=threshold, alpha=alpha, interleaved=interleaved,
+                                   run_noise=run_noise)
+        blocked, detail = comparison_block(
+            {"baseline": [r for r in baseline if identity_key(r.spec) == key],
+             "current": [r for r in current if identity_key(r.spec) == key]})
+        if blocked:  # what the rounds alone say stays in the reason, never in the verdict
+            found = [dataclasses.replace(
+                c, verdict="inconclusive", contention=blocked,
+                reason=f"{blocked}; the rounds alone: {c.verdict}"
+                + (f" ({c.reason})" if c.reason else "")) for c in found]
+            machine.append(f"{result.spec.model} {key.split('|', 1)[-1]}: {detail}")
+        stages += found
         changes += _changes(key, base_last[key], result)
     drift = _drift_text(interleaved, run_noise)
     return Comparison(
@@ -276,7 +299,7 @@ def compare_cases(
         changes=changes, interleaved=interleaved, threshold=threshold, alpha=alpha,
         run_noise=run_noise if isinstance(run_noise, float) else None,
         only_baseline=sorted(set(base_rounds) - set(cur_rounds)),
-        only_current=sorted(set(cur_rounds) - set(base_rounds)))
+        only_current=sorted(set(cur_rounds) - set(base_rounds)), machine=machine)
 
 
 def _stage_comparisons(key: str, result: CaseResult, before: dict[str, list[float]],

@@ -19,10 +19,11 @@ from architectures import build_model, resolve_preset
 from feature_extractors import ImageBatch, RegionBatch, Stage
 
 from . import paper
-from .calibrate import matmul_peak_flops
+from .calibrate import RECHECK_S, matmul_peak_flops
+from .contention import Observation, assess
 from .options import MeasureOptions
 from .precision import apply_precision, autocast
-from .results import FLOP_CONVENTION, CaseResult, CaseSpec, StageResult, Summary
+from .results import FLOP_CONVENTION, CaseResult, CaseSpec, Contention, StageResult, Summary
 from .stats import summarize
 
 
@@ -156,6 +157,18 @@ class CaseContext:
     def forward(self) -> Any:
         """One forward of the model on its example inputs."""
         return self.call(self.model)
+
+    def contention(self, seen: Observation) -> Contention:
+        """The case's contention record (``vlbench.contention``): what the sampler saw while it
+        ran, and the matmul peak measured again now, under the case's flags and threads, against
+        the one its shares of peak divide by."""
+        try:
+            after: float | None = matmul_peak_flops(self.device, self.spec.precision,
+                                                    min_time_s=RECHECK_S)
+        except RuntimeError:  # as for the first calibration: no product at this precision
+            after = None
+        return assess(seen, threads=torch.get_num_threads(), peak_before=self.peak_flops,
+                      peak_after=after)
 
     def stage_results(self, stages: Sequence[Stage], *, samples: Mapping[str, Sequence[float]],
                       calls: Mapping[str, int], flops: Mapping[str, int],

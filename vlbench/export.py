@@ -77,7 +77,31 @@ canonical_input    object|null the model's canonical input as recorded when meas
 paper              object|null the ViLT paper's figures for the model as cited when measured,
                                {"table6_row": row|null, "figure1_bar": bar|null}; null where the
                                paper has neither (tiny twins, models it does not list)
+contention         object|null what the machine was doing while the case ran (below); null:
+                               not measured (runs stored before vlbench measured it), which
+                               is never to be read as quiet
 =================  ==========  ================================================================
+
+contention (``vlbench.results.Contention``; the rule: ``vlbench.contention``)
+
+====================  ============  =============================================================
+contended             bool          the machine was busy enough to make the figures suspect:
+                                    ``vlbench compare`` calls the case's comparisons inconclusive
+reasons               list[str]     why, one phrase per signal over its limit; [] when quiet
+cores                 int           CPUs the kernel's run queue counts over (online CPUs)
+threads               int           torch threads the case ran with
+samples               int           run-queue samples taken while the case ran
+runnable_others       float|null    mean runnable tasks besides the case's own threads
+runnable_others_max   int|null      the most seen in one sample
+excess                float|null    mean of those beyond the free cores (cores - threads)
+cpu_util              float|null    process CPU time / (wall time x threads)
+involuntary_switches  int|null      involuntary context switches of the process
+run_delay             float|null    share of the threads' runnable time spent waiting for a CPU
+steal                 float|null    share of the machine's CPU time stolen by a hypervisor
+peak_before           float|null    FLOP/s of the matmul calibration the shares of peak divide by
+peak_after            float|null    FLOP/s of a short calibration right after the case
+wall_s                float         seconds sampled (the measurement, model build excluded)
+====================  ============  =============================================================
 
 paper row (``paper.table6_row``; ``vlbench.paper.Table6Row``)
 
@@ -140,14 +164,19 @@ workload           object      data-dependent work the stage did in one forward,
                                {"boxes_in_nms": 480000, "boxes_kept_nms": 5123}; {} if none
 achieved_flops/s   float|null  (key ``achieved_flops_per_s``) flops / median seconds; null
                                when the stage was not timed or did no FLOPs
-peak_share         float|null  achieved FLOP/s / ``settings.peak_flops``
+peak_share         float|null  achieved FLOP/s / ``settings.peak_flops``; above 1.0 the peak
+                               is invalid (contention while it was measured, a calibration too
+                               small for the machine, or a FLOP over-count): readers show
+                               "peak invalid", never the figure
+peak_invalid       bool        ``peak_share`` is above 1.0
 samples_ms         list[float] every timed repetition, in order
 =================  ==========  ================================================================
 
 CSV (``export_csv``) and DataFrame (``to_dataframe``) flatten this to one row per case with
 ``stage = "end_to_end"`` (its flops/params/peak memory are the case totals) followed by one row
 per stage, with the columns in ``CSV_COLUMNS``. ``parent`` is there so that sums over stages can
-skip nested ones.
+skip nested ones. Every row of a case repeats its ``contended`` (empty: not measured) and
+``contention_reasons`` (joined with "; ").
 """
 
 from __future__ import annotations
@@ -158,6 +187,7 @@ import io
 from typing import TYPE_CHECKING, Any
 
 from vlbench.case_keys import case_key
+from vlbench.contention import valid_share
 from vlbench.results import SCHEMA_VERSION, CaseResult, StageResult, Summary
 from vlbench.store import Store
 from vlbench.upgrade import stage_category
@@ -174,8 +204,10 @@ _CASE_COLUMNS = (
 _STAGE_TIMING_FIELDS = ("median_ms", "iqr_ms", "p90_ms", "cv", "n")
 _STAGE_COLUMNS = ("kind", "parent", *_STAGE_TIMING_FIELDS, "calls", "flops", "params",
                   "peak_mem_bytes", "achieved_flops_per_s", "peak_share")
+#: the case's contention verdict, repeated on each of its rows
+_CONTENTION_COLUMNS = ("contended", "contention_reasons")
 #: Columns of the CSV and the DataFrame, in order.
-CSV_COLUMNS = (*_CASE_COLUMNS, "stage", *_STAGE_COLUMNS)
+CSV_COLUMNS = (*_CASE_COLUMNS, "stage", *_STAGE_COLUMNS, *_CONTENTION_COLUMNS)
 
 
 def _timing(summary: Summary, samples_ms: tuple[float, ...]) -> dict[str, Any]:
@@ -211,6 +243,7 @@ def stage_row(stage: StageResult) -> dict[str, Any]:
         "samples_ms": list(stage.samples_ms),
         "achieved_flops_per_s": stage.achieved_flops_per_s,
         "peak_share": stage.peak_share,
+        "peak_invalid": stage.peak_share is not None and not valid_share(stage.peak_share),
     }
 
 
@@ -271,7 +304,13 @@ def case_row(result: CaseResult) -> dict[str, Any]:
         "wall_s": result.wall_s,
         "canonical_input": _canonical_input(result),
         "paper": _paper(result),
+        "contention": _contention(result),
     }
+
+
+def _contention(result: CaseResult) -> dict[str, Any] | None:
+    busy = result.contention
+    return None if busy is None else {**dataclasses.asdict(busy), "reasons": list(busy.reasons)}
 
 
 def export_json(store: Store, run_ids: list[int]) -> dict[str, Any]:
@@ -298,54 +337,30 @@ def export_json(store: Store, run_ids: list[int]) -> dict[str, Any]:
 
 
 def _flat_rows(export: dict[str, Any]) -> list[dict[str, Any]]:
-    """CSV/DataFrame rows from an export dict, so both flat forms come from one code path."""
+    """CSV/DataFrame rows from an export dict, so both flat forms come from one code path: per
+    case an ``end_to_end`` row (the case totals), then one row per stage."""
     rows: list[dict[str, Any]] = []
     for run in export["runs"]:
         for case in run["cases"]:
             height, width = case["image_size"]
+            busy = case.get("contention")
             common = {
-                "run_id": run["id"],
-                "model": case["model"],
-                "embedder": case["embedder"],
-                "fusion": case["fusion"],
-                "batch_size": case["batch_size"],
-                "image_h": height,
-                "image_w": width,
-                "text_len": case["text_len"],
-                "precision": case["precision"],
-                "device": case["device"],
-                "mode": case.get("mode", "eager"),
-                "threads": case.get("threads"),
-                "round": case.get("round", 0),
-                "side": case.get("side"),
-                "task": case.get("task"),
-                "status": case["status"],
-                "message": case["message"],
+                "run_id": run["id"], "image_h": height, "image_w": width,
+                **{k: case[k] for k in ("model", "embedder", "fusion", "batch_size", "text_len",
+                                        "precision", "device", "status", "message")},
+                "mode": case.get("mode", "eager"), "round": case.get("round", 0),
+                **{k: case.get(k) for k in ("threads", "side", "task")},
+                "contended": busy["contended"] if busy else None,
+                "contention_reasons": "; ".join(busy["reasons"]) if busy else None,
             }
             e2e = case["end_to_end"] or {}
-            rows.append(
-                {
-                    **common,
-                    "stage": "end_to_end",
-                    "kind": "end_to_end",
-                    "parent": None,
-                    **{f: e2e.get(f) for f in _STAGE_TIMING_FIELDS},
-                    "calls": None,
-                    "flops": case["flops_total"],
-                    "params": case["params_total"],
-                    "peak_mem_bytes": case["peak_mem_bytes"],
-                    "achieved_flops_per_s": None,
-                    "peak_share": None,
-                }
-            )
-            for name, stage in case["stages"].items():
-                rows.append(
-                    {
-                        **common,
-                        "stage": name,
-                        **{col: stage.get(col) for col in _STAGE_COLUMNS},
-                    }
-                )
+            rows.append({**common, "stage": "end_to_end", "kind": "end_to_end", "parent": None,
+                         **{f: e2e.get(f) for f in _STAGE_TIMING_FIELDS}, "calls": None,
+                         "flops": case["flops_total"], "params": case["params_total"],
+                         "peak_mem_bytes": case["peak_mem_bytes"],
+                         "achieved_flops_per_s": None, "peak_share": None})
+            rows.extend({**common, "stage": name, **{c: stage.get(c) for c in _STAGE_COLUMNS}}
+                        for name, stage in case["stages"].items())
     return rows
 
 

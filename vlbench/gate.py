@@ -215,6 +215,7 @@ def _summary_lines(cmp: Comparison, status: int) -> list[str]:
         reasons = sorted({c.reason for c in undecided})
         lines.append(f"INCONCLUSIVE: {len(undecided)} of {len(cmp.stages)} stage comparison(s) "
                      f"could not be decided: {'; '.join(reasons)}")
+    lines += _machine_lines(cmp)
     if cmp.changes:
         lines.append(f"deterministic changes: {len(cmp.changes)} (parameters, FLOPs or workload "
                      "differ: the two sides do not run the same work)")
@@ -223,6 +224,20 @@ def _summary_lines(cmp: Comparison, status: int) -> list[str]:
                      f"{len(cmp.only_current)} current (not compared)")
     lines.append(f"exit status {status}")
     return lines
+
+
+def _machine_lines(cmp: Comparison) -> list[str]:
+    """The comparisons the machine made inconclusive (``vlbench.contention.comparison_block``),
+    counted, with each case's side and first reason."""
+    blocked = sum(1 for c in cmp.stages if c.contention)
+    if not blocked:
+        return []
+    cases = "; ".join(cmp.machine[:3])
+    more = f"; and {len(cmp.machine) - 3} more case(s)" if len(cmp.machine) > 3 else ""
+    return [f"MACHINE: {blocked} of {len(cmp.stages)} stage comparison(s) in "
+            f"{len(cmp.machine)} case(s) inconclusive because a side was measured on a busy "
+            f"machine or without a contention record, never slower, faster or same: "
+            f"{cases}{more}; rerun on a quieter machine or with fewer --threads"]
 
 
 def format_table(cmp: Comparison, status: int) -> str:

@@ -13,6 +13,7 @@ from .context import CaseContext, Subject, apply_threads
 from .failures import failure, release_memory
 from .options import MeasureOptions
 from .results import CaseResult, CaseSpec
+from .sampler import Sampler
 from .scenarios import scenario_for
 
 DEFAULT_OPTIONS = MeasureOptions()
@@ -22,7 +23,8 @@ def run_case(spec: CaseSpec, options: MeasureOptions = DEFAULT_OPTIONS, *,
              subject: Subject | None = None) -> CaseResult:
     """Measure one case: the preset ``spec.model`` names, or ``subject`` (a module given as it
     is); a failure (out of memory, an unsupported case, any error) is its ``oom``/``error``
-    record."""
+    record. An ``ok`` record carries what the machine was doing while the scenario measured
+    (``vlbench.contention``: sampled here, so every scenario and launcher gets it)."""
     began = time.perf_counter()
     run_threads = torch.get_num_threads()
     try:
@@ -31,7 +33,9 @@ def run_case(spec: CaseSpec, options: MeasureOptions = DEFAULT_OPTIONS, *,
         scenario.check(spec)
         ctx = (CaseContext.for_subject(spec, options, subject) if subject is not None else
                CaseContext.for_preset(spec, options, head=options.head and scenario.uses_head))
-        result = scenario.measure(ctx)
+        with Sampler() as sampler:
+            result = scenario.measure(ctx)
+        result = dataclasses.replace(result, contention=ctx.contention(sampler.observation()))
     except Exception as exc:  # noqa: BLE001 - a case's failure is data, not a crash
         result = failure(spec, exc)
         del exc  # drop the frames that hold tensors before freeing memory

@@ -79,6 +79,8 @@ def case_record(row: dict[str, Any]) -> dict[str, Any]:
         figures = row["paper"] or {}
         record["paper_row"] = figures.get("table6_row")
         record["paper_bar"] = figures.get("figure1_bar")
+    if "contention" in row:
+        record["contention"] = row["contention"]
     return record
 
 

@@ -71,6 +71,43 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class Contention:
+    """What the machine was doing while one case ran, and whether that makes its figures
+    suspect (``vlbench.contention`` measures it and states the rule). On a case, None means
+    "not measured" (a run stored before vlbench measured it), never "quiet"."""
+
+    #: CPUs the kernel's run queue counts over (the online CPUs)
+    cores: int
+    #: torch intra-op threads the case ran with
+    threads: int
+    #: run-queue samples taken while the case ran
+    samples: int
+    #: mean runnable tasks besides the case's own threads (the kernel's procs_running, less the
+    #: process's own tasks in state R); None where /proc/stat is unreadable
+    runnable_others: float | None
+    runnable_others_max: int | None
+    #: mean of the other runnable tasks beyond the cores the case leaves free (cores - threads)
+    excess: float | None
+    #: process CPU time / (wall time x threads): below 1 when threads waited or idled
+    cpu_util: float | None
+    #: involuntary context switches of the process while the case ran
+    involuntary_switches: int | None
+    #: share of the case's threads' runnable time spent waiting for a CPU (/proc schedstat)
+    run_delay: float | None
+    #: share of the machine's CPU time the hypervisor gave to other guests (/proc/stat steal)
+    steal: float | None
+    #: FLOP/s of the matmul calibration the case's shares of peak divide by, and of a short one
+    #: right after the case
+    peak_before: float | None
+    peak_after: float | None
+    #: seconds the sampler ran (the scenario's measurement, model build excluded)
+    wall_s: float
+    contended: bool
+    #: why it is contended, one phrase per signal over its limit
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class CaseSpec:
     """What to measure: enough to reproduce the case."""
 
@@ -126,6 +163,8 @@ class CaseResult:
     #: the ViLT paper's Table 6 row and Figure 1 bar for this model, as cited when measured
     paper_row: Table6Row | None = None
     paper_bar: Figure1Bar | None = None
+    #: what the machine was doing while the case ran; None: not measured
+    contention: Contention | None = None
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -151,15 +190,19 @@ class CaseResult:
         )
         rest = {
             k: v for k, v in data.items()
-            if k not in {"spec", "end_to_end", "stages", "paper_row", "paper_bar"}
+            if k not in {"spec", "end_to_end", "stages", "paper_row", "paper_bar", "contention"}
         }
         rest["end_to_end_samples_ms"] = tuple(rest.get("end_to_end_samples_ms", ()))
         if rest.get("canonical_image_size") is not None:
             rest["canonical_image_size"] = tuple(rest["canonical_image_size"])
         row, bar = data.get("paper_row"), data.get("paper_bar")
+        busy = data.get("contention")
+        contention = (Contention(**{**busy, "reasons": tuple(busy.get("reasons", ()))})
+                      if busy else None)
         return CaseResult(spec=spec, end_to_end=e2e, stages=stages,
                           paper_row=Table6Row(**row) if row else None,
-                          paper_bar=Figure1Bar(**bar) if bar else None, **rest)
+                          paper_bar=Figure1Bar(**bar) if bar else None,
+                          contention=contention, **rest)
 
 
 def stage_gap(result: CaseResult) -> float | None:

@@ -12,6 +12,7 @@ import dataclasses
 from collections import defaultdict
 
 from .case_keys import identity_key
+from .contention import merge_rounds
 from .devices import device_name
 from .results import CaseResult
 from .stats import summarize
@@ -50,4 +51,5 @@ def _merge(rounds: list[CaseResult]) -> CaseResult:
         end_to_end_samples_ms=e2e, stages=tuple(stages), settings=settings,
         stage_sum_ms=sum(s.timing.median_ms for s in top) if top else last.stage_sum_ms,
         wall_s=round(sum(r.wall_s for r in rounds), 3),
+        contention=merge_rounds([(r.spec.round, r.contention) for r in ok]),
         peak_mem_bytes=max((r.peak_mem_bytes or 0 for r in ok), default=None) or None)

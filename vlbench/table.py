@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from .contention import PEAK_INVALID, case_label, contended_cases, state, valid_share
 from .devices import device_tags
 from .results import STAGE_GAP_LIMIT, CaseResult, CaseSpec, stage_gap
 
@@ -25,7 +26,7 @@ def results_table(results: Sequence[CaseResult]) -> str:
     header = (f"{'model':<26} {'b':>3} {'input':>13} {'how':<15} {'tokens':>8} {'e2e ms':>9} "
               f"{'cv':>6} {'sum ms':>9} {'visual':>8} {'text':>7} {'fusion':>8} "
               f"{'fus GF/s %pk':>12} {'GFLOPs':>8} {'params M':>9} {'peak MB':>8} "
-              f"{'samples/s':>9}")
+              f"{'samples/s':>9} {'machine':<7}")
     lines = [header, "-" * len(header)]
     stops = []
     tags = device_tags(results)  # a run over several devices names each case's device
@@ -54,7 +55,7 @@ def results_table(results: Sequence[CaseResult]) -> str:
             f"{_ms(top.get('text')):>7} {_ms(top.get('fusion')):>8} "
             f"{_achieved(r, 'fusion'):>12} "
             f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8} "
-            f"{samples_per_s(r):>9.1f}"
+            f"{samples_per_s(r):>9.1f} {state(r.contention):<7}"
         )
     lines.append("")
     lines.append("medians of the timed iterations; e2e without hooks, stages with hooks; "
@@ -63,7 +64,17 @@ def results_table(results: Sequence[CaseResult]) -> str:
                  "fusion's achieved GFLOP/s and share of the run's matmul peak; compiled cases "
                  "are timed end to end only")
     lines.extend(stops)
+    lines.extend(contention_lines(results))
     return "\n".join(lines)
+
+
+def contention_lines(results: Sequence[CaseResult]) -> list[str]:
+    """The legend of the machine column, and each case measured on a busy machine with why."""
+    lines = [f"machine: busy = contended while measured (figures suspect; {PEAK_INVALID} where a "
+             "share of the matmul peak would exceed 100%), quiet, or not measured"]
+    for r in contended_cases(results):
+        lines.append(f"  busy: {case_label(r)}: {'; '.join(r.contention.reasons)}")
+    return lines
 
 
 def samples_per_s(result: CaseResult) -> float:
@@ -86,6 +97,8 @@ def _achieved(result: CaseResult, name: str) -> str:
     if stage is None or stage.achieved_flops_per_s is None:
         return "-"
     share = f" {stage.peak_share:.0%}" if stage.peak_share is not None else ""
+    if stage.peak_share is not None and not valid_share(stage.peak_share):
+        share = f" {PEAK_INVALID}"  # never a share above 100% as a figure
     return f"{stage.achieved_flops_per_s / 1e9:.1f}{share}"
 
 
@@ -95,7 +108,8 @@ def retrieval_table(results: Sequence[CaseResult]) -> list[str]:
     the forward table's columns, whose stage names and samples/s would mislead here."""
     header = (f"{'model':<26} {'dir':<4} {'N':>6} {'input':>13} {'how':<6} {'query ms':>9} "
               f"{'cv':>6} {'gallery ms':>11} {'ms/item':>8} {'gal batch':>9} "
-              f"{'pair batch':>10} {'GFLOPs/q':>8} {'params M':>9} {'peak MB':>8}")
+              f"{'pair batch':>10} {'GFLOPs/q':>8} {'params M':>9} {'peak MB':>8} "
+              f"{'machine':<7}")
     lines = [header, "-" * len(header)]
     for r in results:
         s = r.spec
@@ -115,9 +129,10 @@ def retrieval_table(results: Sequence[CaseResult]) -> list[str]:
             f"{r.end_to_end.cv:>6.1%} {_ms(gallery):>11} "
             f"{_ms(r.end_to_end.median_ms / s.batch_size):>8} "
             f"{info.get('gallery_batch', '-'):>9} {pair if pair is not None else '-':>10} "
-            f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8}")
+            f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8} "
+            f"{state(r.contention):<7}")
     lines += ["", "retrieval: query = ranking the N cached items for one query (medians, end to "
               "end); gallery = the offline step, once per gallery (a dual encoder's embeddings, a "
               "fusion model's embedder tokens); ms/item = query / N; batches: the largest that "
-              "fit, found by trying; * unstable (cv > 10%)"]
+              "fit, found by trying; * unstable (cv > 10%)", *contention_lines(results)]
     return lines

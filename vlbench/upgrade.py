@@ -12,7 +12,9 @@ never overwrites a stored value, and never consults today's presets:
 - ``paper_row`` / ``paper_bar``: the ViLT paper's Table 6 row and Figure 1 bar for the stored
   model name (``vlbench.paper``: published figures, which do not change);
 - ``canonical_image_size`` / ``canonical_text_len``: None, "not recorded" (today's preset may not
-  be the one that was measured).
+  be the one that was measured);
+- ``contention``: None, "not measured" (``vlbench.contention``): never "quiet", since nobody
+  knows what the machine was doing then; the gate calls such a comparison inconclusive.
 
 Pure: no torch, no model packages.
 """
@@ -45,7 +47,7 @@ LEGACY_CATEGORIES: Mapping[str, str] = MappingProxyType({
 #: the category of work outside the paper's groups (retrieval's steps, unknown kinds)
 OTHER = "other"
 #: fields of a case record that carry no value in records written before they existed
-_NOT_RECORDED = ("canonical_image_size", "canonical_text_len")
+_NOT_RECORDED = ("canonical_image_size", "canonical_text_len", "contention")
 
 
 def legacy_category(kind: str) -> str:

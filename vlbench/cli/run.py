@@ -15,6 +15,7 @@ import torch
 
 from architectures import resolve_preset
 
+from ..contention import advice
 from ..context import DeviceError, apply_threads, resolve_device
 from ..env import collect_environment
 from ..fit import fit_token_scaling, scaling_table
@@ -24,6 +25,7 @@ from ..results import CaseSpec
 from ..resume import reopen
 from ..retrieval_cost import retrieval_summary
 from ..rounds import pool_rounds
+from ..sampler import MachineLoad, machine_load
 from ..session import execute
 from ..store import Store, default_db_path
 from ..suites import ModelEntry, Suite, load_suite
@@ -42,6 +44,10 @@ from .run_options import (
     timing_from,
 )
 from .stores import open_store
+
+#: exit status when ``--require-quiet`` finds the machine busy: sysexits' EX_TEMPFAIL ("try again
+#: later"), so a CI job tells a busy runner from bad input (2) and a regression (1)
+EXIT_BUSY = 75
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -65,16 +71,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     rounds = plan.rounds or 1
     check_rounds(rounds, options.launch)
     cases = expand_rounds(suite.cases(device), rounds, interleaved=options.launch.interleaved)
-    with open_store(args.db) as store:
+    with open_store(args.db) as store:  # a bad --db is bad input before the machine is looked at
+        load = machine_before(torch.get_num_threads(), require_quiet=plan.require_quiet)
+        if load is not None and load.busy and plan.require_quiet:
+            return EXIT_BUSY
         run_id = store.start_run(
             label=plan.label, suite=suite.name, command=shlex.join(args.argv),
             env=collect_environment(device, argv=args.argv),
             settings={"suite": suite.name, "device": device, **options.settings(),
                       "rounds": rounds, "interleaved": options.launch.interleaved,
-                      "cases": [c.__dict__ for c in cases]})
+                      "cases": [c.__dict__ for c in cases],
+                      "machine_at_start": dataclasses.asdict(load) if load else None})
         print(f"run {run_id}: suite {suite.name}, {len(cases)} case(s) on {device}, "
               f"results in {store.path}", file=sys.stderr)
         return _execute(store, run_id, cases, options, args)
+
+
+def machine_before(threads: int, *, require_quiet: bool = False) -> MachineLoad | None:
+    """Look at the machine before measuring (``vlbench.sampler.machine_load``): one line on
+    standard error when it is already busy, an error line when ``--require-quiet`` then refuses
+    to start. None where the run queue cannot be read."""
+    load = machine_load(threads)
+    if load is None or not load.busy:
+        return load
+    if require_quiet:
+        print(f"vlbench: error: {load.line()}; --require-quiet: not starting (exit {EXIT_BUSY}; "
+              "try again when the machine is quieter)", file=sys.stderr)
+    else:
+        print(f"{load.line()} ('--require-quiet' refuses to start on a busy machine)",
+              file=sys.stderr)
+    return load
 
 
 def _suite(plan: PlanOptions) -> Suite:
@@ -125,6 +151,7 @@ def _resume(args: argparse.Namespace) -> int:
                   "nothing to resume")
             return 0
         apply_threads(plan.options.launch.threads)
+        machine_before(torch.get_num_threads())
         print(f"run {plan.run_id}: resuming {len(plan.missing)} of {len(plan.cases)} case(s) "
               f"on {plan.device}, results in {store.path}", file=sys.stderr)
         return _execute(store, plan.run_id, plan.missing, plan.options, args)
@@ -146,6 +173,9 @@ def _execute(store: Store, run_id: int, cases: Sequence[CaseSpec], options: RunO
         print("\n" + scaling_table(fits))
     if any(r.spec.task for r in results):
         print("\n" + retrieval_summary(results))
+    busy = advice(results)
+    if busy:
+        print(f"\n{busy}", file=sys.stderr)
     print(f"\nrun {run_id} stored in {store.path}; export with: vlbench export --run {run_id}")
     if args.report:
         with open_store(store.path) as reader:

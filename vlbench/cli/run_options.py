@@ -80,6 +80,10 @@ class PlanOptions:
         "--rounds", type=parse.positive_int,
         help="measure every case in this many rounds, each in fresh worker processes (default "
         "1; 'vlbench compare' needs 5 or more per side)"))
+    require_quiet: bool = field(default=False, metadata=flag(
+        "--require-quiet", action="store_true",
+        help="refuse to start (exit 75) when the machine is already busy: other runnable tasks "
+        "beyond the cores the run's threads leave free (for CI; see docs/contention.md)"))
 
 
 #: the classes whose flagged fields make up ``vlbench run``'s fresh-run flags

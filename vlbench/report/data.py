@@ -17,6 +17,7 @@ from vlbench import paper
 from vlbench.compare import StageComparison, compare_cases, ranked
 from vlbench.gate import compare_runs
 from vlbench.report.charts import Bar, Series, breakdown
+from vlbench.report.contention import MachineSection, machine_section
 from vlbench.report.devices import DeviceRow, device_rows, label_devices
 from vlbench.report.registry import SECTIONS
 from vlbench.report.section import Shown, build_sections
@@ -100,6 +101,8 @@ class ReportData:
     devices: list[DeviceRow] = field(default_factory=list)  # only for mixed-device runs
     #: the registered sections with something to show (vlbench.report.registry), in page order
     sections: list[Shown] = field(default_factory=list)
+    #: what the machine was doing while each ok case ran (vlbench.report.contention)
+    machine: MachineSection | None = None
 
 
 def input_text(size: tuple[int, int], text_len: int) -> str:
@@ -321,6 +324,7 @@ def collect(store: Store, run_ids: list[int], baseline: int | None = None) -> Re
         throughput=throughput, input_cost=input_cost,
         failures=[c for c in cases if c.result.status != "ok"], baseline=baseline,
         devices=device_rows(cases), sections=build_sections(SECTIONS, cases),
+        machine=machine_section(cases),
     )
     _comparisons(data, store, run_ids)
     return data

@@ -18,9 +18,10 @@ from markupsafe import Markup
 
 from vlbench import paper
 from vlbench.case_keys import case_key
+from vlbench.contention import state
 from vlbench.report.charts import report_charts
 from vlbench.report.data import Case, ReportData, spec_text
-from vlbench.report.text import FLOP_NOTE, html_ms, number, percent
+from vlbench.report.text import FLOP_NOTE, html_ms, number, peak_percent, percent
 from vlbench.results import STAGE_GAP_LIMIT, stage_gap
 from vlbench.stats import UNSTABLE_CV
 
@@ -76,11 +77,12 @@ def render_html(data: ReportData, command: str = "") -> Iterable[str]:
         autoescape=select_autoescape(enabled_extensions=("html", "html.j2", "xml")),
         undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
     )
-    env.filters.update(ms=html_ms, num=number, pct=percent)
+    env.filters.update(ms=html_ms, num=number, pct=percent, share=peak_percent)
     charts = [replace(c, svg=Markup(c.svg))
               for c in report_charts(data.bars, data.throughput, data.input_cost)]
     return env.get_template("report.html.j2").generate(
         data=data, charts=charts, command=command, paper=paper, flop_note=FLOP_NOTE,
         gap_limit=STAGE_GAP_LIMIT, unstable_cv=UNSTABLE_CV, environment=_environment(data),
         case_key=case_key, spec_text=spec_text, stage_gap=stage_gap, key_text=_key_text,
+        machine_state=state,
     )

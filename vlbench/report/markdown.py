@@ -10,7 +10,9 @@ or a run goes through ``vlbench.report.text.escape``. Registered sections add th
 from __future__ import annotations
 
 from vlbench import paper
+from vlbench.contention import BUSY, state
 from vlbench.report.charts import CATEGORIES, breakdown
+from vlbench.report.contention import machine_markdown
 from vlbench.report.data import ReportData, collect
 from vlbench.report.text import FLOP_NOTE, escape, fence
 from vlbench.report.text import markdown_ms as _ms
@@ -60,7 +62,8 @@ def _headline_table(data: ReportData) -> list[str]:
             + (f" ({line.canonical})" if line.canonical else ""),
             escape(line.tokens) + (f" (paper {escape(line.paper_tokens)})"
                                    if line.paper_tokens else ""),
-            f"{line.params_m:.1f}", f"{line.gflops:.1f}", f"**{_ms(line.time.median_ms)}**",
+            f"{line.params_m:.1f}", f"{line.gflops:.1f}", f"**{_ms(line.time.median_ms)}**"
+            + (" (busy machine)" if state(r.contention) == BUSY else ""),
             *(_ms(parts.get(c)) if parts.get(c) else "-" for c in categories),
             f"~{theirs:.0f}" if theirs is not None else "-",
         ]
@@ -95,6 +98,9 @@ def _comparison_lines(data: ReportData) -> list[str]:
         counts = {v: sum(1 for c in rows if c.verdict == v)
                   for v in ("slower", "faster", "inconclusive", "same")}
         summary = ", ".join(f"{n} {v}" for v, n in counts.items())
+        machine = sum(1 for c in rows if c.contention)
+        if machine:
+            summary += f" ({machine} inconclusive because of the machine: see Machine)"
         title = (f"Run {run_id}: side B against side A (interleaved rounds)"
                  if run_id in data.interleaved else
                  f"Run {run_id} against baseline run {data.baseline}")
@@ -134,6 +140,8 @@ def markdown_from_data(data: ReportData, command: str = "") -> str:
     lines = [*_run_lines(data), *_headline_table(data), *_ratio_lines(data)]
     for shown in data.sections:
         lines += shown.section.markdown(shown.data)
+    if data.machine is not None:
+        lines += machine_markdown(data.machine)
     lines += [*_comparison_lines(data), *_closing_lines(data, command)]
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from vlbench import paper
+from vlbench.contention import PEAK_INVALID, valid_share
 from vlbench.results import FLOP_CONVENTION
 
 #: what the report says about FLOPs: ours, and that the paper's are of unknown convention
@@ -55,3 +56,11 @@ def number(value: float | None, digits: int = 1) -> str:
 def percent(value: float | None) -> str:
     """A share as a percentage (the ``pct`` filter); '-' when absent."""
     return "-" if value is None else f"{value:.1%}"
+
+
+def peak_percent(value: float | None) -> str:
+    """A share of the matmul peak (the ``share`` filter): '-' when absent, "peak invalid" above
+    100% (never a figure), else a percentage."""
+    if value is None:
+        return "-"
+    return percent(value) if valid_share(value) else PEAK_INVALID
