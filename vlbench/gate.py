@@ -22,7 +22,7 @@ from pathlib import Path
 from . import parse
 from .case_keys import identity_key
 from .compare import Comparison, StageComparison, compare_cases, estimate_run_noise, ranked
-from .read_export import case_from_row, load_json
+from .read_export import load_json, run_cases
 from .results import CaseResult
 from .store import RunActiveError, Store
 
@@ -94,7 +94,7 @@ def _json_side(path: Path, run_ref: str | None) -> Side:
     run = runs[0]
     if run["status"] != "finished":
         raise ValueError(f"{path}: run {run['id']} did not finish ({run['status']})")
-    results = tuple(case_from_row(row) for row in run["cases"])
+    results = run_cases(path, run)  # checked: a damaged case names file, run and case
     if {r.spec.side for r in results} - {None}:
         raise ValueError(f"{path}: run {run['id']} is an interleaved A/B run; compare it from "
                          "the store")
@@ -287,4 +287,4 @@ def format_json(cmp: Comparison, status: int) -> str:
 
     data = clean(asdict(cmp))
     data["exit_status"] = status
-    return json.dumps(data, indent=2)
+    return json.dumps(data, indent=2, allow_nan=False)
