@@ -23,6 +23,7 @@ import torch
 
 import vlbench.plugins as plugins
 from tests.hostile import REPO, SPEC, assert_one_line, run_fresh, state, synthetic_store
+from vlbench import interrupts
 from vlbench.cli import NO_ISOLATION_ENV, main
 from vlbench.launchers import ray_cluster
 from vlbench.machine import machine_problems, usable_cores
@@ -83,6 +84,20 @@ def test_an_entry_point_that_exits_is_one_line(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
     code = main(["list", "models"])
     assert_one_line(code, capsys.readouterr().err, "entry point 'mine'", "sys.exit(0)")
+
+
+@pytest.mark.parametrize("signalled", [False, True])
+def test_keyboard_interrupt_from_a_plugin_is_its_error_unless_a_signal_raised_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signalled: bool) -> None:
+    """SIGINT (vlbench.interrupts' handler) and a run's SIGTERM (vlbench.session's) note that a
+    signal raised the KeyboardInterrupt: it then stays an interrupt, whatever was loading."""
+    monkeypatch.setattr(interrupts, "_received", False)
+    monkeypatch.setattr(plugins, "_loaded_files", {})
+    path = tmp_path / "interrupted.py"
+    path.write_text(("from vlbench import interrupts\ninterrupts.note()\n" if signalled else "")
+                    + "raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt if signalled else plugins.PluginError):
+        plugins.load_plugin_file(path)
 
 
 # -- Ctrl-C -------------------------------------------------------------------------------------

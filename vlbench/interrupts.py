@@ -3,8 +3,8 @@
 A plugin is arbitrary code run at import: it may raise ``KeyboardInterrupt`` (or call
 ``sys.exit``), which is the plugin's error (one line naming the file, exit 2), while the user's
 Ctrl-C in the same seconds ends the command (exit 130). ``watch`` installs a SIGINT handler that
-notes the signal and then raises as Python's own handler does; ``received`` says whether one
-came. Pure: no torch.
+notes the signal and then raises as Python's own handler does (a run's SIGTERM handler notes its
+signal too, ``vlbench.session``); ``received`` says whether one came. Pure: no torch.
 """
 
 from __future__ import annotations
@@ -19,9 +19,14 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 _received = False
 
 
-def _note(signum: int, frame: object) -> None:
+def note() -> None:
+    """Record that a real signal (not code) is about to raise ``KeyboardInterrupt``."""
     global _received
     _received = True
+
+
+def _note(signum: int, frame: object) -> None:
+    note()
     raise KeyboardInterrupt
 
 

@@ -20,6 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 
+from . import interrupts
 from .launchers import run_cases
 from .options import RunOptions
 from .results import CaseResult, CaseSpec
@@ -84,6 +85,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
     """While active, SIGTERM raises ``KeyboardInterrupt(SIGTERM)`` as Ctrl-C raises its own."""
 
     def interrupt(signum: int, frame: object) -> None:
+        interrupts.note()  # a signal, not a plugin raising KeyboardInterrupt
         raise KeyboardInterrupt(signum)
 
     try:
