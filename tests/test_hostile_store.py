@@ -91,6 +91,32 @@ def test_a_damaged_row_is_named_and_blocks_nothing(
         assert key not in store.completed_case_keys(1)  # a resume measures it again
 
 
+RUN_REFS = {
+    "beyond-sqlite": ("99999999999999999999999", "no run 99999999999999999999999"),
+    "negative": ("-1", "'-1'"),
+    "zero": ("0", "no run 0"),
+    "superscript-digit": ("\u00b2", "run reference must be"),
+    "arabic-digits": ("\u0661\u0662", "run reference must be"),
+    "side-suffix": ("1:A", "run reference must be"),
+}
+
+
+@pytest.mark.parametrize("name", RUN_REFS)
+@pytest.mark.parametrize("command", ["export", "report", "compare", "resume"])
+def test_a_bad_run_reference_is_one_line_listing_the_runs(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, name: str, command: str) -> None:
+    db = synthetic_store(tmp_path / "results.sqlite")
+    ref, expected = RUN_REFS[name]
+    argv = {"export": ["export", "--run", ref], "report": ["report", "--run", ref, "--out", "-"],
+            "compare": ["compare", "1", ref], "resume": ["run", "--resume", ref]}[command]
+    before = state(db)
+    code, out, err = cli(capsys, *argv, "--db", db)
+    if command == "compare" and name == "side-suffix":
+        expected = "no side A"  # compare reads ID:A as a side of an interleaved run
+    assert_one_line(code, err, expected)
+    assert out == "" and state(db) == before
+
+
 @pytest.mark.parametrize("column", ["settings_json", "env_json"])
 def test_a_damaged_run_record_reads_as_empty_with_a_warning(
         capsys: pytest.CaptureFixture[str], tmp_path: Path, column: str) -> None:

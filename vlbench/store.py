@@ -294,12 +294,14 @@ class Store:
                 if latest is None:
                     raise UnknownRunError(f"no runs in {self.path}; the store is empty")
                 return latest
-            if isinstance(ref, str) and ref.strip().isdigit():
+            if isinstance(ref, str) and ref.strip().isascii() and ref.strip().isdigit():
                 ref = int(ref.strip())
             if not isinstance(ref, int) or isinstance(ref, bool):
                 raise UnknownRunError(
                     f"run reference must be 'latest' or a run id, got {ref!r}; {self._available()}"
                 )
+            if not 0 < ref < 2**63:  # beyond SQLite's integers: no such run, not an overflow
+                raise UnknownRunError(self._unknown_run_message(ref))
             if self._conn.execute("SELECT 1 FROM runs WHERE id = ?", (ref,)).fetchone() is None:
                 raise UnknownRunError(self._unknown_run_message(ref))
             return ref
