@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from .embedder import EmbedderSpec, example_visual_input, image_tokens
+from .embedder import EmbedderSpec, check_visual_input, example_visual_input, image_tokens
 from .grid import ResNetGrid, ResNetGridConfig, canonical_grid
 from .patch import PatchProjection, PatchProjectionConfig, canonical_patch
 from .region.extractor import (
@@ -129,6 +129,7 @@ __all__ = [
     "Tokens",
     "UnknownNameError",
     "build_embedder",
+    "check_visual_input",
     "declared_stages",
     "example_visual_input",
     "image_tokens",

@@ -4,7 +4,9 @@ optional methods a visual embedder may offer, read here and nowhere else.
 A visual embedder is an ``nn.Module`` with ``out_dim`` and ``forward(images) -> Tokens``. It may
 also say how its inputs are made (``example_input``: an embedder of something other than images,
 such as precomputed region features), how they are padded (``size_divisibility``: a detector's
-stride) and how many tokens an image gives (``num_tokens``).
+stride) and how many tokens an image gives (``num_tokens``). Its config may say which inputs it
+cannot embed at all (``check_input``: a detector's smallest anchor), so a run refuses them
+before it builds anything.
 """
 
 from __future__ import annotations
@@ -61,6 +63,18 @@ def example_visual_input(visual: nn.Module, batch_size: int, image_size: tuple[i
     pixels = torch.randn(batch_size, 3, *image_size, generator=generator)
     step = visual.size_divisibility if isinstance(visual, PadsImages) else 1
     return ImageBatch.from_images(list(pixels), size_divisibility=step)
+
+
+@runtime_checkable
+class ChecksInput(Protocol):
+    def check_input(self, image_size: tuple[int, int]) -> None: ...
+
+
+def check_visual_input(config: object, image_size: tuple[int, int]) -> None:
+    """Raise ValueError when the embedder ``config`` describes cannot embed images of
+    ``image_size`` (its config's ``check_input``); embedders without one take any size."""
+    if isinstance(config, ChecksInput):
+        config.check_input(image_size)
 
 
 def image_tokens(visual: nn.Module, image_size: tuple[int, int]) -> int:

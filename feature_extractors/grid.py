@@ -25,6 +25,12 @@ class ResNetGridConfig:
     pool: int = 2
     sample_tokens: int | None = None
 
+    def check_input(self, image_size: tuple[int, int]) -> None:
+        """Refuse an image too small to leave one grid cell after the trunk and the pool."""
+        if min(grid_size(image_size, self.pool)) < 1:
+            raise ValueError(f"image {image_size[0]}x{image_size[1]} leaves no grid cell after "
+                             f"the ResNet trunk (stride 32) and the {self.pool}x{self.pool} pool")
+
 
 def canonical_grid(width: int, tiny: bool) -> tuple[ResNetGridConfig, tuple[int, int]]:
     """How ``grid+FUSION`` pairs build this embedder: Pixel-BERT-R50 at 800x1333. Grid tokens
@@ -35,6 +41,21 @@ def canonical_grid(width: int, tiny: bool) -> tuple[ResNetGridConfig, tuple[int,
 
 def _conv_out(n: int, kernel: int, stride: int, padding: int) -> int:
     return (n + 2 * padding - kernel) // stride + 1
+
+
+def grid_size(image_size: tuple[int, int], pool: int) -> tuple[int, int]:
+    """Token rows and columns for an image of ``(height, width)``: the conv arithmetic of the
+    stem (7x7/2 pad 3, max pool 3x3/2 pad 1), three stride-2 stages (3x3/2 pad 1) and the final
+    ``pool`` x ``pool`` max pool (no padding, remainder dropped)."""
+
+    def side(n: int) -> int:
+        n = _conv_out(n, 7, 2, 3)  # conv1
+        n = _conv_out(n, 3, 2, 1)  # maxpool
+        for _ in range(3):  # layer2..layer4
+            n = _conv_out(n, 3, 2, 1)
+        return _conv_out(n, pool, pool, 0)
+
+    return side(image_size[0]), side(image_size[1])
 
 
 class ResNetGrid(nn.Module):
@@ -61,18 +82,8 @@ class ResNetGrid(nn.Module):
         self.sample_tokens = sample_tokens
 
     def grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """Token rows and columns for an image of ``(height, width)``: the conv arithmetic of the
-        stem (7x7/2 pad 3, max pool 3x3/2 pad 1), three stride-2 stages (3x3/2 pad 1) and the
-        final ``pool`` x ``pool`` max pool (no padding, remainder dropped)."""
-
-        def side(n: int) -> int:
-            n = _conv_out(n, 7, 2, 3)  # conv1
-            n = _conv_out(n, 3, 2, 1)  # maxpool
-            for _ in range(3):  # layer2..layer4
-                n = _conv_out(n, 3, 2, 1)
-            return _conv_out(n, self.pool_size, self.pool_size, 0)
-
-        return side(image_size[0]), side(image_size[1])
+        """Token rows and columns for an image of ``(height, width)`` (``grid_size``)."""
+        return grid_size(image_size, self.pool_size)
 
     def num_tokens(self, image_size: tuple[int, int]) -> int:
         rows, cols = self.grid(image_size)

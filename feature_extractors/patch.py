@@ -24,6 +24,12 @@ class PatchProjectionConfig:
     #: False: no position table at all (VLMo: its attention adds a relative position bias)
     absolute_positions: bool = True
 
+    def check_input(self, image_size: tuple[int, int]) -> None:
+        """Refuse an image smaller than one patch (it would give no patch at all)."""
+        if min(image_size) < self.patch_size:
+            raise ValueError(f"image {image_size[0]}x{image_size[1]} is smaller than one "
+                             f"{self.patch_size}x{self.patch_size} patch")
+
 
 def canonical_patch(width: int, tiny: bool) -> tuple[PatchProjectionConfig, tuple[int, int]]:
     """How ``patch+FUSION`` pairs build this embedder: ViLT's patch 32 at 384x640, its tokens at

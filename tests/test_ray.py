@@ -28,6 +28,7 @@ import pytest
 from vlbench.cli import main
 from vlbench.launchers.ray_cluster import job_runtime_env
 from vlbench.launchers.ray_dispatch import request_for
+from vlbench.machine import usable_cores
 from vlbench.options import LaunchOptions
 from vlbench.report import write_report
 from vlbench.report.devices import device_rows, device_tags, label_devices
@@ -208,6 +209,23 @@ def test_a_killed_worker_is_recorded_and_resubmitted_on_the_other_node(
     assert first.settings["ray"]["node_id"] != second.settings["ray"]["node_id"]
     assert {first.settings["ray"]["node_id"], second.settings["ray"]["node_id"]} == (
         cluster.node_ids)
+
+
+def test_threads_a_node_cannot_run_are_that_cases_recorded_error(
+    cluster: RayCluster, tmp_path: Path
+) -> None:
+    """The driver does not refuse --threads beyond its own cores on Ray (a remote node may have
+    more): each task checks the node it runs on and records why it cannot."""
+    db = tmp_path / "r.sqlite"
+    too_many = usable_cores() + 1  # every node of this cluster runs on this machine
+    code = _ray_run(db, cluster, "--models", "vilt-b32-tiny", "--batch-sizes", "1",
+                    "--threads", str(too_many))
+    assert code == 1  # every case failed
+    with Store.open(db) as store:
+        (result,) = store.cases(1)
+    assert result.status == "error" and result.end_to_end is None
+    assert f"{too_many} threads exceed the" in result.message
+    assert "usable core(s) of Ray node" in result.message
 
 
 def test_an_interrupted_ray_run_resumes_without_losing_a_case(

@@ -15,24 +15,19 @@ task lifts it again when its case ends (``data_limit``).
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 from collections.abc import Iterator
-from pathlib import Path
+
+from .machine import usable_memory
 
 #: share of the usable memory a worker may hold when no --memory-budget is given
 DEFAULT_BUDGET_SHARE = 0.8
-_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
 def default_memory_budget(share: float = DEFAULT_BUDGET_SHARE) -> int:
-    """``share`` of physical memory, or of the cgroup's limit where that is smaller (inside a
-    container the cgroup's OOM killer fires long before physical memory runs out)."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in _CGROUP_LIMITS:
-        with contextlib.suppress(OSError, ValueError):  # absent, or "max"
-            total = min(total, int(Path(path).read_text().strip()))
-    return int(total * share)
+    """``share`` of the usable memory (``vlbench.machine.usable_memory``: physical, or the
+    cgroup's limit where that is smaller)."""
+    return int(usable_memory() * share)
 
 
 def choose_memory_budget(isolated: bool, device: str, gib: float | None) -> int | None:

@@ -4,8 +4,9 @@ resume), and the key that matches a case across runs, rounds and the sides of an
 from __future__ import annotations
 
 import dataclasses
+import re
 
-from vlbench.results import CaseSpec
+from vlbench.results import EXECUTION_MODES, CaseSpec
 
 
 def case_key(spec: CaseSpec) -> str:
@@ -34,3 +35,31 @@ def identity_key(spec: CaseSpec) -> str:
     """What a case measures, whatever its round or side: the key that matches a case across
     runs, rounds and the two sides of an interleaved run."""
     return case_key(dataclasses.replace(spec, round=0, side=None))
+
+
+def spec_from_key(key: str) -> CaseSpec:
+    """The case a ``case_key`` names (what a damaged record of it is read as); ValueError for a
+    string that is not one."""
+    try:
+        model, batch, size, text_len, precision, device, *rest = key.split("|")
+        height, width = size.split("x")
+        fields: dict = dict(model=model, batch_size=int(batch), image_size=(int(height),
+                            int(width)), text_len=int(text_len), precision=precision,
+                            device=device)
+    except ValueError:
+        raise ValueError(f"{key!r} is not a case key") from None
+    for part in rest:
+        if part in EXECUTION_MODES:
+            fields["mode"] = part
+        elif re.fullmatch(r"t\d+", part):
+            fields["threads"] = int(part[1:])
+        elif re.fullmatch(r"r\d+", part):
+            fields["round"] = int(part[1:])
+        elif part.startswith("side"):
+            fields["side"] = part[4:]
+        else:
+            fields["task"] = part
+    spec = CaseSpec(**fields)
+    if case_key(spec) != key:
+        raise ValueError(f"{key!r} is not a case key")
+    return spec

@@ -16,6 +16,19 @@ from .options import TimingOptions
 from .timing import time_end_to_end
 
 
+def check_backend(name: str | None) -> None:
+    """``--compile-backend``: a backend ``torch.compile`` knows (its registry, third-party
+    entry points included), refused before the run starts rather than by every compile case."""
+    if name is None:
+        return
+    import torch._dynamo  # torch's compiler stack: loaded only when a backend is named
+
+    if name not in torch._dynamo.list_backends(exclude_tags=()):
+        raise ValueError(f"--compile-backend {name!r} is not a torch.compile backend; valid: "
+                         f"{', '.join(torch._dynamo.list_backends())} (and debug ones such as "
+                         "aot_eager, eager)")
+
+
 def prepare_compiled(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, Any]]:
     """The forward to time for a compiled or captured case, the cold-start seconds (the first
     compiled forward, or warm-up plus capture) and what to record about it."""

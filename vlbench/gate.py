@@ -19,9 +19,10 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import parse
 from .case_keys import identity_key
 from .compare import Comparison, StageComparison, compare_cases, estimate_run_noise, ranked
-from .read_export import case_from_row, load_json
+from .read_export import load_json, run_cases
 from .results import CaseResult
 from .store import RunActiveError, Store
 
@@ -93,7 +94,7 @@ def _json_side(path: Path, run_ref: str | None) -> Side:
     run = runs[0]
     if run["status"] != "finished":
         raise ValueError(f"{path}: run {run['id']} did not finish ({run['status']})")
-    results = tuple(case_from_row(row) for row in run["cases"])
+    results = run_cases(path, run)  # checked: a damaged case names file, run and case
     if {r.spec.side for r in results} - {None}:
         raise ValueError(f"{path}: run {run['id']} is an interleaved A/B run; compare it from "
                          "the store")
@@ -134,12 +135,14 @@ def history_noise(store: Store, *, exclude: tuple[int, ...],
 def compare_refs(refs: list[str], store: Store | None, *, threshold: float, alpha: float,
                  run_noise: float | None) -> Comparison:
     """The comparison ``vlbench compare REF [REF]`` asks for."""
-    if not 0 < alpha < 1:
-        raise ValueError(f"--alpha must be between 0 and 1, got {alpha}")
-    if threshold < 0:
-        raise ValueError(f"--threshold must be non-negative, got {threshold}")
-    if run_noise is not None and run_noise < 0:
-        raise ValueError(f"--run-noise must be non-negative, got {run_noise}")
+    for flag, value, check in (("--alpha", alpha, parse.probability),  # the flags' parsers
+                               ("--threshold", threshold, parse.non_negative_float),
+                               ("--run-noise", run_noise, parse.non_negative_float)):
+        if value is not None:
+            try:
+                check(value)
+            except parse.BadValue as exc:
+                raise ValueError(f"{flag}: {exc}") from None
     if len(refs) == 1:
         if store is None:
             raise ValueError("comparing the sides of an interleaved run needs the store (--db)")
@@ -299,4 +302,4 @@ def format_json(cmp: Comparison, status: int) -> str:
 
     data = clean(asdict(cmp))
     data["exit_status"] = status
-    return json.dumps(data, indent=2)
+    return json.dumps(data, indent=2, allow_nan=False)

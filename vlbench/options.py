@@ -13,18 +13,59 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .parse import finite_float, non_negative_float, non_negative_int, positive_int
+from .parse import (
+    BadValue,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    text,
+)
 
 #: a field's metadata key for its command-line flag: (flag names, argparse keyword arguments)
 FLAG = "flag"
+#: a field's metadata key for the parser of a field that no flag sets
+CHECK = "check"
 
 
 def flag(*names: str, **kwargs: Any) -> dict[str, Any]:
     """Field metadata declaring the ``vlbench run`` flag that sets the field."""
     return {FLAG: (names, kwargs)}
+
+
+def check_values(cls: type, values: Mapping[str, Any]) -> None:
+    """Each value through its field's parser (its flag's ``type=`` and ``choices``), so a value
+    from a suite file, a stored run or the Python API is checked exactly as the flag's is: the
+    one check of an option, where it is defined. Raises ``BadValue`` naming the flag and field."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in values if k not in known)
+    if unknown:
+        raise BadValue(f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(known)}")
+    for name, value in values.items():
+        f = known[name]
+        if value is None:
+            continue
+        names, kwargs = f.metadata.get(FLAG, ((), {}))
+        what = f"{names[0]} ({name})" if names else name
+        parser, choices = kwargs.get("type") or f.metadata.get(CHECK), kwargs.get("choices")
+        items = value if isinstance(value, (list, tuple)) else (value,)
+        try:
+            for item in items:
+                if parser is not None:
+                    parser(item)
+                if choices is not None and item not in choices:
+                    raise BadValue(f"expected one of {', '.join(choices)}, got {item!r}")
+        except BadValue as exc:
+            raise BadValue(f"{what}: {exc}") from None
+
+
+def _check_fields(options: Any) -> None:
+    check_values(type(options), {f.name: getattr(options, f.name)
+                                 for f in dataclasses.fields(options)})
 
 
 @dataclass(frozen=True)
@@ -43,14 +84,15 @@ class TimingOptions:
     max_repeats: int = field(default=500, metadata=flag(
         "--max-repeats", type=positive_int, help="at most this many timed iterations"))
     max_time_s: float = field(default=120.0, metadata=flag(
-        "--max-time", type=finite_float,
+        "--max-time", type=positive_float,
         help="a slow case stops after this many seconds (at least 3 iterations)"))
     #: on CPU, a forward slower than this shares its iterations: the end-to-end time is taken
     #: around the hooked forward (hooks cost microseconds against seconds of work) and one
     #: warm-up suffices; on GPU iterations are never shared
-    cpu_share_above_s: float = 1.0
+    cpu_share_above_s: float = field(default=1.0, metadata={CHECK: non_negative_float})
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.warmup < 0 or self.min_repeats < 1 or self.max_repeats < self.min_repeats:
             raise ValueError("need warmup >= 0 and 1 <= min_repeats <= max_repeats")
         if self.min_time_s < 0 or self.max_time_s <= 0:
@@ -81,16 +123,19 @@ class MeasureOptions:
         "--seed", type=non_negative_int, help="seed for weights and inputs (default 0)"))
     #: torch.compile backend for "compile" cases; None: torch's default (inductor)
     compile_backend: str | None = field(default=None, metadata=flag(
-        "--compile-backend", help="torch.compile backend for compile cases "
+        "--compile-backend", type=text, help="torch.compile backend for compile cases "
         "(default inductor; aot_eager compiles in seconds)"))
     #: write one torch.profiler chrome trace per case into this directory
     trace_dir: str | None = field(default=None, metadata=flag(
-        "--trace", metavar="DIR",
+        "--trace", type=text, metavar="DIR",
         help="write a torch.profiler chrome trace of one forward per case into DIR"))
     #: wrap each stage's timed calls in an NVTX range named after the stage
     nvtx: bool = field(default=False, metadata=flag(
         "--nvtx", action="store_true",
         help="wrap each stage in an NVTX range named after it (for Nsight Systems)"))
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -108,7 +153,7 @@ class LaunchOptions:
         "process, so a crash or out-of-memory costs one case, not the run"))
     #: bytes of private memory a CPU worker may hold (RLIMIT_DATA); None: no limit
     memory_budget_bytes: int | None = field(default=None, metadata=flag(
-        "--memory-budget", type=finite_float, metavar="GIB",
+        "--memory-budget", type=positive_float, metavar="GIB",
         help="CPU runs: memory a worker may hold, in GiB (2^30 bytes), libraries included; "
         "beyond it a case is recorded 'oom' (default 80%% of memory)"))
     #: who runs the cases: "local" (this machine) or "ray" (``vlbench.launchers.ray_cluster``)
@@ -118,7 +163,7 @@ class LaunchOptions:
         "(pip install 'vlbench[ray]')"))
     #: Ray cluster to join; None starts Ray locally
     ray_address: str | None = field(default=None, metadata=flag(
-        "--address", help="--executor ray: the Ray cluster to join (default: start Ray "
+        "--address", type=text, help="--executor ray: the Ray cluster to join (default: start Ray "
         "locally)"))
     #: Ray on CPU nodes: let cases share a node's cores (default: one case per node)
     allow_shared: bool = field(default=False, metadata=flag(
@@ -127,7 +172,7 @@ class LaunchOptions:
     #: user plugin files loaded (``vlbench.plugins``) in every process that builds models; the
     #: flag is every command's, not only run's
     plugins: tuple[str, ...] = field(default=(), metadata=flag(
-        "--plugin", action="append", default=[], metavar="FILE.py",
+        "--plugin", action="append", type=text, default=[], metavar="FILE.py",
         help="a user plugin file registering embedders, fusions or presets (repeatable; entry "
         "points of group 'vlbench.plugins' load always)"))
     #: Python interpreter of the worker processes; None: this one
@@ -135,13 +180,16 @@ class LaunchOptions:
     #: interleaved A/B runs: side A's plugin files and interpreter (side B uses ``plugins`` and
     #: ``python``); both None: not an A/B run
     baseline_plugins: tuple[str, ...] | None = field(default=None, metadata=flag(
-        "--baseline-plugin", action="append", metavar="FILE.py",
+        "--baseline-plugin", action="append", type=text, metavar="FILE.py",
         help="interleaved A/B: side A (baseline) loads this plugin file instead of --plugin's; "
         "rounds alternate A B A B in separate workers"))
     baseline_python: str | None = field(default=None, metadata=flag(
-        "--baseline-python", metavar="PYTHON",
+        "--baseline-python", type=text, metavar="PYTHON",
         help="interleaved A/B: side A's workers run this interpreter (another environment "
         "with vlbench installed, e.g. the base branch's)"))
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
     @property
     def isolated(self) -> bool:

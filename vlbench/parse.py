@@ -22,7 +22,7 @@ def _number(text: object, cast: type) -> int | float:
         raise BadValue(f"expected a number, got {text!r}")
     try:
         value = cast(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise BadValue(f"expected {'an integer' if cast is int else 'a number'}, got {text!r}"
                        ) from None
     if cast is int and isinstance(text, float) and text != value:
@@ -50,11 +50,50 @@ def finite_float(text: object) -> float:
     return float(_number(text, float))
 
 
+def positive_float(text: object) -> float:
+    value = float(_number(text, float))
+    if value <= 0:
+        raise BadValue(f"must be a positive number, got {text!r}")
+    return value
+
+
 def non_negative_float(text: object) -> float:
     value = float(_number(text, float))
     if value < 0:
         raise BadValue(f"must be a non-negative number, got {text!r}")
     return value
+
+
+def probability(text: object) -> float:
+    """A level strictly between 0 and 1 (a significance level)."""
+    value = float(_number(text, float))
+    if not 0 < value < 1:
+        raise BadValue(f"must be between 0 and 1, got {text!r}")
+    return value
+
+
+def text(value: object) -> str:
+    """A name or a path: an empty one is an error, never "the default" (``--db ''`` reading
+    the default store, ``--models ''`` running the full suite)."""
+    out = str(value)
+    if not out.strip():
+        raise BadValue(f"expected a non-empty value, got {value!r}")
+    if "\x00" in out:
+        raise BadValue(f"a value cannot contain a NUL character, got {value!r}")
+    return out
+
+
+#: the devices ``--device`` names; whether one is usable here is decided where torch is loaded
+DEVICE_HELP = "auto, cpu, cuda, cuda:N"
+
+
+def device(value: object) -> str:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (the syntax only: no torch here)."""
+    name = str(value).strip()
+    index = name.removeprefix("cuda:")
+    if name in ("auto", "cpu", "cuda") or (index != name and index.isdigit()):
+        return name
+    raise BadValue(f"unknown device {value!r}; valid: {DEVICE_HELP}")
 
 
 def image_size(text: object) -> tuple[int, int]:
@@ -87,7 +126,7 @@ def names(text: object, what: str) -> list[str]:
     """'a,b' -> ['a', 'b']; an empty list is an error, not "all"."""
     out = [n.strip() for n in str(text).split(",") if n.strip()]
     if not out:
-        raise BadValue(f"{what}: expected comma-separated names, got {text!r}")
+        raise BadValue(f"expected comma-separated {what}, got {text!r}")
     return out
 
 

@@ -20,7 +20,10 @@ It reaches vlbench in one of two ways:
   imported, or a callable, called with no arguments. Entry points load in every vlbench process.
 
 Loading is idempotent per process. A plugin that fails to import, or registers a name that exists
-already, is a one-line ``PluginError`` (exit status 2 on the command line).
+already, is a one-line ``PluginError`` (exit status 2 on the command line): whatever it raises,
+``SystemExit`` and ``KeyboardInterrupt`` included (a plugin cannot end the command as if it had
+succeeded). A real Ctrl-C while a plugin imports still ends the command as an interrupt
+(``vlbench.interrupts``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import sys
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
+
+from . import interrupts
 
 ENTRY_POINT_GROUP = "vlbench.plugins"
 
@@ -60,9 +65,8 @@ def load_entry_points() -> None:
             loaded = ep.load()
             if callable(loaded):
                 loaded()
-        except Exception as exc:  # noqa: BLE001 - any failure of user code is one line
-            raise PluginError(f"plugin entry point {ep.name!r} ({ep.value}): "
-                              f"{_one_line(exc)}") from None
+        except BaseException as exc:  # noqa: BLE001 - any failure of user code is one line
+            raise _plugin_error(f"plugin entry point {ep.name!r} ({ep.value})", exc) from None
 
 
 def load_plugin_file(path: str | Path) -> str:
@@ -84,9 +88,9 @@ def load_plugin_file(path: str | Path) -> str:
     sys.modules[name] = module  # dataclasses and pickling look their module up by name
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
         del sys.modules[name]
-        raise PluginError(f"plugin file {path}: {_one_line(exc)}") from None
+        raise _plugin_error(f"plugin file {path}", exc) from None
     _loaded_files[key] = name
     return name
 
@@ -100,6 +104,17 @@ def resolve_plugin_paths(paths: Iterable[str]) -> tuple[str, ...]:
             raise PluginError(f"plugin file {p} does not exist")
         out.append(str(resolved))
     return tuple(out)
+
+
+def _plugin_error(what: str, exc: BaseException) -> BaseException:
+    """The error to raise for a plugin that raised ``exc``: a ``PluginError`` naming it, unless
+    ``exc`` is the user's Ctrl-C, which stays an interrupt."""
+    if isinstance(exc, KeyboardInterrupt) and interrupts.received():
+        return exc
+    if isinstance(exc, SystemExit):
+        return PluginError(f"{what}: called sys.exit({exc.code!r}) while loading; a plugin "
+                           "only registers models")
+    return PluginError(f"{what}: {_one_line(exc)}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from architectures import build_model, resolve_preset
-from feature_extractors import stage_workload
+from feature_extractors import check_visual_input, stage_workload
 
 from .flops import count_flops, count_params
 from .results import FLOP_CONVENTION
@@ -32,6 +32,7 @@ def profile_model(
     preset = resolve_preset(name)
     image_size = image_size or preset.image_size
     text_len = text_len or preset.text_len
+    check_visual_input(preset.visual, image_size)  # one line, not an error deep in the model
     with torch.device("meta"):
         model = build_model(preset, head=head).eval()
     stages = model.stages()

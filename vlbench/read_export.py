@@ -4,6 +4,10 @@
 An export written by an older release lacks the fields added since (stage categories, the
 paper's figures, the canonical input). They are derived exactly as the store's migration derives
 them (``vlbench.upgrade.upgrade_case``), so an old export and an old store read alike.
+
+An export is a file anyone can edit, so nothing in it is trusted: its runs and cases are checked
+as they are read (``vlbench.records``: types, and finite non-negative medians and samples), and
+anything else is a one-line ``ValueError`` naming the file, the run and the case.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 from typing import Any
 
 from vlbench.export import SCHEMA_NAME
+from vlbench.records import DamagedRecord, read_case
 from vlbench.results import SCHEMA_VERSION, CaseResult
 from vlbench.upgrade import upgrade_case
 
@@ -33,7 +38,11 @@ def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         with open(path, encoding="utf-8") as handle:
             data = json.load(handle)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a results export (nested too deep)") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA_NAME:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: not a vlbench results export (schema {found!r})")
@@ -43,13 +52,67 @@ def load_json(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{path}: schema_version {version!r} is not supported; this vlbench reads "
             f"{SCHEMA_VERSION}"
         )
+    _check_runs(path, data.get("runs"))
     return data
 
 
+def _check_runs(path: str | os.PathLike[str], runs: object) -> None:
+    """The runs' own fields, which ``vlbench compare FILE.json`` reads before any case."""
+    if not isinstance(runs, list):
+        raise ValueError(f"{path}: 'runs' must be a list of runs")
+    for index, run in enumerate(runs):
+        ok = (isinstance(run, dict) and isinstance(run.get("id"), int)
+              and isinstance(run.get("status"), str) and isinstance(run.get("cases"), list)
+              and isinstance(run.get("host"), str | None))
+        if not ok:
+            raise ValueError(f"{path}: run #{index + 1} is damaged (a run needs an integer id, "
+                             "a status, a host and a list of cases)")
+
+
+def run_cases(path: str | os.PathLike[str], run: dict[str, Any]) -> tuple[CaseResult, ...]:
+    """Every case of an exported run, a damaged one a ValueError naming file, run and case."""
+    out = []
+    for index, row in enumerate(run["cases"]):
+        try:
+            out.append(case_from_row(row))
+        except DamagedRecord as exc:
+            key = row.get("case_key") if isinstance(row, dict) else None
+            case = key if isinstance(key, str) else f"#{index + 1}"
+            raise ValueError(f"{path}: run {run['id']} case {case}: {exc}") from None
+    return tuple(out)
+
+
 def case_from_row(row: dict[str, Any]) -> CaseResult:
-    """A case of an export back as a ``CaseResult``. Timing fields an export does not carry per
-    stage (mean, confidence interval) read NaN; fields an older export lacks are derived."""
-    return CaseResult.from_dict(upgrade_case(case_record(row)))
+    """A case of an export back as a ``CaseResult``, checked (``DamagedRecord`` naming the
+    field). Timing fields an export does not carry per stage (mean, confidence interval) read
+    NaN; fields an older export lacks are derived."""
+    _check_shape(row)
+    try:
+        record = upgrade_case(case_record(row))
+    except KeyError as exc:
+        raise DamagedRecord(f"{exc.args[0]}: missing") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong kind
+        raise DamagedRecord(f"a field of the wrong type ({exc})") from None
+    return read_case(record)
+
+
+#: an export case's fields that hold objects (what ``case_record`` looks inside), and their types
+_SHAPES: dict[str, tuple[type, ...]] = {
+    "end_to_end": (dict, type(None)), "stages": (dict,), "image_size": (list,), "tokens": (dict,),
+    "settings": (dict,), "canonical_input": (dict, type(None)), "paper": (dict, type(None))}
+
+
+def _check_shape(row: object) -> None:
+    if not isinstance(row, dict):
+        raise DamagedRecord(f"expected a case object, got {type(row).__name__}")
+    for key, kinds in _SHAPES.items():
+        if key in row and not isinstance(row[key], kinds):
+            want = "an object" if dict in kinds else "a list"
+            raise DamagedRecord(f"{key}: expected {want}{' or null' if len(kinds) > 1 else ''}, "
+                                f"got {row[key]!r:.40}")
+    for name, stage in (row.get("stages") or {}).items():
+        if not isinstance(stage, dict):
+            raise DamagedRecord(f"stages.{name}: expected an object, got {stage!r:.40}")
 
 
 def case_record(row: dict[str, Any]) -> dict[str, Any]:
@@ -85,6 +148,8 @@ def case_record(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _summary(timing: dict[str, Any]) -> dict[str, Any] | None:
+    if timing is not None and not isinstance(timing, dict):
+        raise DamagedRecord(f"timing: expected an object or null, got {timing!r:.40}")
     if not timing or timing.get("median_ms") is None:
         return None
     return {"median_ms": timing["median_ms"],

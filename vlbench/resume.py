@@ -38,13 +38,18 @@ def plan_resume(store: Store, ref: str | int | None) -> ResumePlan:
     if "cases" not in settings or "timing" not in settings:
         raise ValueError(f"run {run_id} did not record its cases and settings; "
                          "it cannot be resumed")
-    cases = tuple(CaseSpec(**{**c, "image_size": tuple(c["image_size"])})
-                  for c in settings["cases"])
+    try:  # a damaged record is one line naming the run, not a traceback
+        cases = tuple(CaseSpec(**{**c, "image_size": tuple(c["image_size"])})
+                      for c in settings["cases"])
+        options = RunOptions.from_settings(settings)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"run {run_id}: its recorded cases or settings are damaged "
+                         f"({exc}); it cannot be resumed") from None
     done = store.completed_case_keys(run_id)
     missing = tuple(c for c in cases if case_key(c) not in done)
     device = settings.get("device") or (cases[0].device if cases else "cpu")
     return ResumePlan(run_id=run_id, status=run.status, cases=cases, missing=missing,
-                      options=RunOptions.from_settings(settings), device=device)
+                      options=options, device=device)
 
 
 def reopen(store: Store, ref: str | int | None) -> ResumePlan:

@@ -26,14 +26,18 @@ The file's format (tables, ``store_version``, migrations of older stores, run wi
 transaction when a store is opened) is described and kept in ``vlbench/store_schema.py``; a run's
 record and whether one recorded as running still is, in ``vlbench/runs.py``; case keys, in
 ``vlbench/case_keys.py``. ``cases.result_json`` holds ``CaseResult.to_dict()``; values JSON
-cannot encode are stored as their ``str()`` rather than losing a measured case. A case measured
-again in the same run (a resume, a retry) gets the next ``attempt`` number; readers take the last
-attempt. A ``Store`` may be shared between threads.
+cannot encode are stored as their ``str()`` rather than losing a measured case, and non-finite
+numbers as null (strict JSON). A case measured again in the same run (a resume, a retry) gets the
+next ``attempt`` number; readers take the last attempt. A ``Store`` may be shared between threads.
+
+Rows are checked as they are read (``vlbench.records``): a damaged one reads as an ``error`` case,
+with a warning naming its run and case, and a resume measures it again.
+``Store.open(path, read_only=True)`` reads a store it must not, or cannot, write (read-only
+media: ``vlbench.store_schema.connect_read_only``).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sqlite3
@@ -46,6 +50,7 @@ from typing import Any, Self
 
 from vlbench import __version__
 from vlbench.case_keys import case_key, identity_key  # noqa: F401 - identity_key re-exported
+from vlbench.records import readable, stored_case, stored_json
 from vlbench.results import CaseResult
 from vlbench.runs import (  # noqa: F401 - re-exported: the store's public surface
     RUN_STATUSES,
@@ -67,6 +72,7 @@ from vlbench.store_schema import (  # noqa: F401 - re-exported: the store's publ
     _migrate_1_to_2,
     _migrate_2_to_3,
     apply_migrations,
+    connect_read_only,
     create_schema,
     inspect_existing,
     parse_version,
@@ -90,13 +96,17 @@ def default_db_path() -> Path:
 class Store:
     """A handle on one results database; use ``Store.open(path)`` as a context manager."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None = None, *,
+                 read_only: bool = False) -> None:
         self.path = Path(path) if path is not None else default_db_path()
         exists = self.path.exists()
         is_store = inspect_existing(self.path) if exists else False
+        self._lock = threading.RLock()
+        if read_only:
+            self._open_read_only(is_store)
+            return
         if not exists:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
         # isolation_level=None: the sqlite3 module opens no implicit transactions; we issue
         # BEGIN IMMEDIATE ourselves. check_same_thread=False: access is serialised by _lock.
         self._conn = sqlite3.connect(
@@ -114,10 +124,27 @@ class Store:
             self._conn.close()
             raise
 
+    def _open_read_only(self, is_store: bool) -> None:
+        """Reading a store that cannot be written (read-only media): no schema, no migration,
+        no journal change; only a store of the current version reads this way."""
+        if not is_store:
+            raise NotAStoreError(f"{self.path} is not a vlbench store" if self.path.exists()
+                                 else f"no results database at {self.path}")
+        self._conn = connect_read_only(self.path, isolation_level=None,
+                                       check_same_thread=False)
+        version = self._read("SELECT value FROM meta WHERE key = 'store_version'")[0][0]
+        if parse_version(self.path, version) != STORE_VERSION:
+            self._conn.close()
+            raise NotAStoreError(f"{self.path} is a version {version} store on read-only media: "
+                                 "this vlbench reads it once upgraded, which writes it; copy it "
+                                 "somewhere writable")
+
     @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
-        """Open (creating when new) the store at ``path``, default ``default_db_path()``."""
-        return cls(path)
+    def open(cls, path: str | os.PathLike[str] | None = None, *,
+             read_only: bool = False) -> Store:
+        """Open (creating when new) the store at ``path``, default ``default_db_path()``;
+        ``read_only``: an existing store, never written (a store on read-only media)."""
+        return cls(path, read_only=read_only)
 
     def close(self) -> None:
         with self._lock:
@@ -267,12 +294,14 @@ class Store:
                 if latest is None:
                     raise UnknownRunError(f"no runs in {self.path}; the store is empty")
                 return latest
-            if isinstance(ref, str) and ref.strip().isdigit():
+            if isinstance(ref, str) and ref.strip().isascii() and ref.strip().isdigit():
                 ref = int(ref.strip())
             if not isinstance(ref, int) or isinstance(ref, bool):
                 raise UnknownRunError(
                     f"run reference must be 'latest' or a run id, got {ref!r}; {self._available()}"
                 )
+            if not 0 < ref < 2**63:  # beyond SQLite's integers: no such run, not an overflow
+                raise UnknownRunError(self._unknown_run_message(ref))
             if self._conn.execute("SELECT 1 FROM runs WHERE id = ?", (ref,)).fetchone() is None:
                 raise UnknownRunError(self._unknown_run_message(ref))
             return ref
@@ -293,8 +322,9 @@ class Store:
         return RunRecord(
             id=rid, label=label, suite=suite, status=effective_status(status, host, pid, beat),
             started_at=started, finished_at=finished, heartbeat_at=beat, host=host, pid=pid,
-            command=command, env=json.loads(env) if env else {},
-            settings=json.loads(settings) if settings else {}, vlbench_version=rows[0][12],
+            command=command, env=stored_json(rid, "environment", env, self.path),
+            settings=stored_json(rid, "settings", settings, self.path),
+            vlbench_version=rows[0][12],
         )
 
     # -- cases ------------------------------------------------------------------------------
@@ -344,18 +374,18 @@ class Store:
     def cases(self, run_id: int, final_only: bool = True) -> list[CaseResult]:
         """The run's case results; with ``final_only`` only the last attempt of each case key."""
         if final_only:
-            payloads = [payload for _, payload in self._final_rows(run_id).values()]
+            rows = [(key, payload) for key, (_, payload) in self._final_rows(run_id).items()]
         else:
             with self._lock:
                 self._require_run(self._conn, run_id)
-                payloads = [
-                    row[0]
-                    for row in self._conn.execute(
-                        "SELECT result_json FROM cases WHERE run_id = ? ORDER BY id", (run_id,)
-                    )
-                ]
-        return [CaseResult.from_dict(json.loads(payload)) for payload in payloads]
+                rows = self._conn.execute(
+                    "SELECT case_key, result_json FROM cases WHERE run_id = ? ORDER BY id",
+                    (run_id,),
+                ).fetchall()
+        # a damaged row reads as an error case with a warning (vlbench.records.stored_case)
+        return [stored_case(run_id, key, payload, self.path) for key, payload in rows]
 
     def completed_case_keys(self, run_id: int) -> set[str]:
-        """Case keys whose last attempt is 'ok': what a resume may skip."""
-        return {key for key, (status, _) in self._final_rows(run_id).items() if status == "ok"}
+        """Case keys whose last attempt is 'ok' (and readable): what a resume may skip."""
+        return {key for key, (status, payload) in self._final_rows(run_id).items()
+                if status == "ok" and readable(payload)}

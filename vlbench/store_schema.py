@@ -41,12 +41,15 @@ one opens a store file written by the previous release (``tests/data/``).
 from __future__ import annotations
 
 import json
+import math
+import os
 import sqlite3
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from vlbench.records import VlbenchWarning
 from vlbench.upgrade import upgrade_case
 
 APP_NAME = "vlbench"
@@ -105,14 +108,27 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
         except (TypeError, ValueError, AttributeError) as exc:  # JSONDecodeError is a ValueError
             warnings.warn(f"store migration to version 3: run {run_id} case {key} (row "
                           f"{row_id}) has damaged result_json, left as it was: {exc}",
-                          stacklevel=2)
+                          VlbenchWarning, stacklevel=2)
             continue
         conn.execute("UPDATE cases SET result_json = ? WHERE id = ?", (to_json(upgraded), row_id))
 
 
 def to_json(value: Any) -> str:
-    """How the store writes a value: sorted keys, and ``str()`` of what JSON cannot encode."""
-    return json.dumps(value, sort_keys=True, default=str)
+    """How the store writes a value: strict JSON (a non-finite number is null, never a bare
+    ``NaN`` that other JSON readers refuse), sorted keys, ``str()`` of what JSON cannot encode."""
+    return json.dumps(finite(value), sort_keys=True, default=str, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinities) replaced by None, at any depth:
+    what vlbench writes as JSON is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 #: ``MIGRATIONS[n]`` upgrades a store from version ``n`` to ``n + 1``, inside the caller's
@@ -191,9 +207,8 @@ def inspect_existing(path: Path) -> bool:
         header = handle.read(len(_SQLITE_MAGIC))
     if header != _SQLITE_MAGIC:
         raise NotAStoreError(f"{path} exists and is not an SQLite database (not a vlbench store)")
-    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = connect_read_only(path)
     except sqlite3.Error as exc:
         raise NotAStoreError(f"{path} cannot be opened as SQLite: {exc}") from exc
     try:
@@ -211,3 +226,22 @@ def inspect_existing(path: Path) -> bool:
         raise NotAStoreError(f"{path} is an SQLite database of another application")
     parse_version(path, meta.get("store_version"))
     return True
+
+
+def connect_read_only(path: Path, **kwargs: Any) -> sqlite3.Connection:
+    """A connection that cannot write: ``mode=ro``; where SQLite cannot open the file so (a WAL
+    store on read-only media, where it cannot create the shared-memory file) and nothing can
+    write the file either (its directory is not writable), ``immutable=1``."""
+    base = path.resolve().as_uri()
+    kwargs.setdefault("timeout", BUSY_TIMEOUT_S)
+    conn = sqlite3.connect(f"{base}?mode=ro", uri=True, **kwargs)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(path.parent, os.W_OK):
+            raise
+    conn = sqlite3.connect(f"{base}?immutable=1", uri=True, **kwargs)
+    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return conn

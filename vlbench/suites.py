@@ -16,11 +16,14 @@ without it every case uses the run's thread count.
 names its gallery sizes ``gallery_sizes`` (a list, or ``{double_from: N, max: M}``; they are the
 cases' ``gallery_size``, stored as ``batch_size``, so ``--batch-sizes`` overrides them) and may
 give larger ones for GPU runs as ``gallery_sizes_cuda``.
+
+A suite file is user input: it is bounded before anything walks it (``vlbench.suite_file``: size,
+nesting, YAML alias expansion), and every value is checked as its flag's value is (``timing``
+entries by the ``TimingOptions`` fields' own parsers).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -28,11 +31,11 @@ from typing import Any
 
 import yaml
 
-from architectures import resolve_preset
-
 from . import parse
+from .machine import usable_cores
+from .options import TimingOptions, check_values
 from .results import CaseSpec
-from .scenarios import known_tasks
+from .suite_file import load_yaml, read_bounded
 
 
 class SuiteError(ValueError):
@@ -63,12 +66,24 @@ class Suite:
     cuda_batch_sizes: tuple[int, ...] | None = None
 
     def cases(self, device: str) -> list[CaseSpec]:
+        """Every case of the suite; ValueError for an input a model cannot take at all (an image
+        smaller than a detector's smallest anchor, or than one patch), before anything is
+        built."""
+        from architectures import resolve_preset  # model code: loaded once names matter
+        from feature_extractors import check_visual_input
+
         sizes = self.batch_sizes
         if device.startswith("cuda") and self.cuda_batch_sizes is not None:
             sizes = self.cuda_batch_sizes
         out = []
         for entry in self.models:
             preset = resolve_preset(entry.model)
+            image_size = entry.image_size or preset.image_size
+            try:
+                check_visual_input(preset.visual, image_size)
+            except ValueError as exc:
+                raise ValueError(f"{entry.model}: {exc}; give a larger --image-size (or the "
+                                 "suite's image_size)") from None
             for task in self.tasks:
                 for batch in sizes:
                     for precision in self.precisions:
@@ -77,7 +92,7 @@ class Suite:
                                 out.append(CaseSpec(
                                     model=entry.model,
                                     batch_size=batch,
-                                    image_size=entry.image_size or preset.image_size,
+                                    image_size=image_size,
                                     text_len=entry.text_len or preset.text_len,
                                     precision=precision,
                                     device=device,
@@ -96,14 +111,19 @@ def builtin_suites() -> list[str]:
     return sorted(p.name[:-5] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def load_suite(name_or_path: str) -> Suite:
-    """A built-in suite by name, or a YAML file by path."""
+def load_suite(name_or_path: str, *, resolve: bool = True) -> Suite:
+    """A built-in suite by name, or a YAML file by path. ``resolve=False`` checks everything
+    but the model and task names, which need the registries (model code, torch): what
+    ``vlbench run`` checks before it loads them."""
     path = Path(name_or_path)
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         try:
-            text = path.read_text()
+            text = read_bounded(path)
         except OSError as exc:
-            raise SuiteError(f"cannot read suite file {name_or_path}: {exc.strerror}") from None
+            raise SuiteError(f"cannot read suite file {name_or_path}: "
+                             f"{exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise SuiteError(f"suite file {name_or_path}: {exc}") from None
         source = str(path)
     else:
         resource = _builtin_dir().joinpath(f"{name_or_path}.yaml")
@@ -112,16 +132,18 @@ def load_suite(name_or_path: str) -> Suite:
                              f"{', '.join(builtin_suites())} (or a path to a .yaml file)")
         text = resource.read_text()
         source = name_or_path
-    return parse_suite(text, source)
+    return parse_suite(text, source, resolve=resolve)
 
 
-def parse_suite(text: str, source: str = "<suite>") -> Suite:
+def parse_suite(text: str, source: str = "<suite>", *, resolve: bool = True) -> Suite:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)  # bounded: size, nesting and alias expansion
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SuiteError(f"suite {source}: not valid YAML{where}") from None
+    except ValueError as exc:
+        raise SuiteError(f"suite {source}: {exc}") from None
     if not isinstance(data, dict):
         raise SuiteError(f"suite {source}: expected a mapping with a 'models' list")
     unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing",
@@ -132,9 +154,12 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         models = tuple(e for item in _list(data, "models", []) for e in _entries(item))
         if not models:
             raise ValueError("'models' must be a non-empty list")
-        for entry in models:
-            resolve_preset(entry.model)
-        tasks = parse_tasks(data.get("tasks"))
+        if resolve:
+            from architectures import resolve_preset  # model code: the registries
+
+            for entry in models:
+                resolve_preset(entry.model)
+        tasks = parse_tasks(data.get("tasks"), resolve=resolve)
         batches, cuda_batches = _sizes(data, tasks)
         precisions = parse.precisions(_list(data, "precisions", ["fp32"]))
         modes = parse.execution_modes(_list(data, "modes", ["eager"]))
@@ -142,6 +167,7 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         timing = data.get("timing") or {}
         if not isinstance(timing, dict):
             raise ValueError("'timing' must be a mapping")
+        check_timing(timing)
     except (KeyError, ValueError, TypeError) as exc:
         raise SuiteError(f"suite {source}: {exc}") from None
     return Suite(
@@ -158,13 +184,28 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
     )
 
 
-def parse_tasks(value: Any) -> tuple[str | None, ...]:
+def check_timing(timing: dict) -> None:
+    """``timing``: each entry a ``TimingOptions`` field, its value checked by that field's own
+    parser (the flag's: NaN, infinities and non-integers refused)."""
+    try:
+        check_values(TimingOptions, timing)
+    except ValueError as exc:
+        raise ValueError(f"timing: {exc}") from None
+
+
+def parse_tasks(value: Any, *, resolve: bool = True) -> tuple[str | None, ...]:
     """``tasks``: missing (one forward per case) or a list of scenario tasks, no repeats."""
     if value is None:
         return (None,)
     if not isinstance(value, list) or not value:
         raise ValueError(f"'tasks' must be a non-empty list, got {value!r}")
-    tasks = known_tasks()
+    if not all(isinstance(task, str) for task in value):
+        raise ValueError(f"'tasks' must be a list of task names, got {value!r}")
+    tasks = value
+    if resolve:
+        from .scenarios import known_tasks  # the scenarios' registry loads torch
+
+        tasks = known_tasks()
     for task in value:
         if task not in tasks:
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(tasks)}")
@@ -184,14 +225,6 @@ def _sizes(data: dict, tasks: tuple[str | None, ...]) -> tuple[tuple[int, ...],
     key = "gallery_sizes" if "gallery_sizes" in data else "batch_sizes"
     cuda = data.get("gallery_sizes_cuda")
     return _batch_sizes(data.get(key)), _batch_sizes(cuda) if cuda is not None else None
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its affinity), else the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def parse_threads(value: Any) -> tuple[int | None, ...]:

@@ -60,6 +60,24 @@ class RegionFeaturesConfig:
     embedding: str = "uniter"  # uniter | vilbert | lxmert | visualbert (see RegionEmbedding)
     global_token: bool = False  # ViLBERT: a whole-image token (mean feature) first
 
+    def check_input(self, image_size: tuple[int, int]) -> None:
+        """Refuse what this detector cannot run, before it is built: an image smaller than its
+        smallest anchor (no proposal fits), a fixed box count above the proposals kept."""
+        h, w = image_size
+        side = smallest_anchor(self.head)
+        if min(h, w) < side:
+            raise ValueError(f"image {h}x{w} is smaller than the detector's smallest anchor "
+                             f"({side} px)")
+        if self.selection == "fixed" and self.num_boxes > self.post_nms_top_n:
+            raise ValueError(f"fixed box count {self.num_boxes} exceeds the "
+                             f"{self.post_nms_top_n} proposals the RPN keeps")
+
+
+def smallest_anchor(head: str) -> int:
+    """The side in pixels of a detector's smallest anchor: C4's RPN 64 (sizes 64..512), the
+    FPN's 32 (one size per level, 32..512)."""
+    return 64 if head == "c4" else 32
+
 
 EMBEDDINGS = ("uniter", "vilbert", "lxmert", "visualbert")
 
@@ -154,7 +172,7 @@ class RegionFeatures(nn.Module):
             raise ValueError(f"fixed box count {num_boxes} exceeds the {post_nms_top_n} "
                              "proposals the RPN keeps")
         self.out_dim = width
-        self.min_image_side = 64 if head == "c4" else 32  # the smallest anchor
+        self.min_image_side = smallest_anchor(head)
         self.location_dims = location_dims
         self.global_token = global_token
         self.fixed = selection == "fixed"

@@ -10,6 +10,7 @@ from architectures import FUSIONS, PRESETS, pair_matrix, resolve_preset
 from feature_extractors import EMBEDDERS
 
 from ..profile import profile_model
+from ..store_schema import finite
 from ..suites import builtin_suites, load_suite
 
 
@@ -61,7 +62,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     profile = profile_model(name, image_size=args.image_size, text_len=args.text_len,
                             batch_size=args.batch_size, head=args.head)
     if args.format == "json":
-        print(json.dumps(profile, indent=2))
+        print(json.dumps(finite(profile), indent=2, allow_nan=False))
     else:
         print("\n".join(_profile_lines(profile)))
     return 0

@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help=f"results database (default {default_db_path()})")
+    p.add_argument("--db", type=parse.text, help=f"results database (default {default_db_path()})")
 
 
 def _list(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def _run(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> No
 def _profile(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> None:
     p = sub.add_parser("profile", parents=[plugin],
                        help="parameters and FLOPs per stage, no timing")
-    p.add_argument("model", help="a preset or an EMBEDDER+FUSION pair")
+    p.add_argument("model", type=parse.text, help="a preset or an EMBEDDER+FUSION pair")
     p.add_argument("--size", choices=["base", "tiny"])
     p.add_argument("--image-size", type=parse.image_size,
                    help="HxW (default: the canonical input)")
@@ -84,11 +84,12 @@ def _profile(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -
 def _report(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> None:
     p = sub.add_parser("report", parents=[plugin],
                        help="write a self-contained HTML (or markdown) report")
-    p.add_argument("--run", nargs="+", default=["latest"],
+    p.add_argument("--run", nargs="+", type=parse.text, default=["latest"],
                    help="run id(s) (space- or comma-separated) or 'latest'")
-    p.add_argument("--baseline", help="compare with this run id")
+    p.add_argument("--baseline", type=parse.text, help="compare with this run id")
     p.add_argument("--format", choices=["html", "markdown"], default="html")
-    p.add_argument("--out", help="default reports/vlbench-run<ID>.html")
+    p.add_argument("--out", type=parse.text,
+                   help="default reports/vlbench-run<ID>.html; '-': standard output")
     _db(p)
 
 
@@ -96,30 +97,32 @@ def _compare(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -
     p = sub.add_parser("compare", parents=[plugin],
                        help="the regression gate: compare two runs (or an A/B run's sides) "
                        "per model and stage")
-    p.add_argument("refs", nargs="+", metavar="RUN",
+    p.add_argument("refs", nargs="+", type=parse.text, metavar="RUN",
                    help="BASELINE CURRENT: run ids, 'latest', ID:A / ID:B (a side of an "
                    "interleaved run) or exported FILE.json; one interleaved run id alone "
                    "compares its side A with its side B")
-    p.add_argument("--threshold", type=float, default=0.10,
+    p.add_argument("--threshold", type=parse.non_negative_float, default=0.10,
                    help="relative slowdown that counts (default 0.10 = 10%%)")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level (default 0.01)")
+    p.add_argument("--alpha", type=parse.probability, default=0.01,
+                   help="significance level (default 0.01)")
     p.add_argument("--strict", action="store_true",
                    help="exit 1 when any stage comparison is inconclusive")
     p.add_argument("--fail-on-flops-change", action="store_true",
                    help="exit 1 when parameters, FLOPs or workload differ")
-    p.add_argument("--run-noise", type=float, metavar="FRACTION",
+    p.add_argument("--run-noise", type=parse.non_negative_float, metavar="FRACTION",
                    help="separate runs: run-to-run drift (standard deviation, e.g. 0.05); "
                    "default: estimated from 3+ other runs of the same cases in the store")
     p.add_argument("--format", choices=["table", "markdown", "json"], default="table")
-    p.add_argument("--markdown", metavar="FILE",
+    p.add_argument("--markdown", type=parse.text, metavar="FILE",
                    help="also write a markdown summary here (e.g. $GITHUB_STEP_SUMMARY)")
     _db(p)
 
 
 def _export(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> None:
     p = sub.add_parser("export", parents=[plugin], help="export stored runs as JSON or CSV")
-    p.add_argument("--run", nargs="+", default=["latest"],
+    p.add_argument("--run", nargs="+", type=parse.text, default=["latest"],
                    help="run id(s) (space- or comma-separated) or 'latest' (default)")
     p.add_argument("--format", choices=["json", "csv"], default="json")
-    p.add_argument("--out", help="write to this file instead of standard output")
+    p.add_argument("--out", type=parse.text,
+                   help="write to this file instead of standard output ('-': standard output)")
     _db(p)

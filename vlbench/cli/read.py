@@ -11,16 +11,24 @@ from pathlib import Path
 
 from ..export import export_csv, export_json
 from ..gate import compare_refs, format_json, format_markdown, format_table, ref_path
-from ..report import write_report
+from ..report import render_report, write_report
 from ..store import Store
+from ..store_schema import finite
 from .parsers import UsageError
-from .stores import existing_store, open_store
+from .stores import open_existing
+
+#: an output path that means standard output
+STDOUT = "-"
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    with open_store(existing_store(args.db)) as store:
+    with open_existing(args.db) as store:
         run_ids = _run_ids(store, args.run)
         baseline = store.resolve_run(args.baseline) if args.baseline else None
+        if args.out == STDOUT:
+            sys.stdout.writelines(render_report(store, run_ids, baseline=baseline,
+                                                fmt=args.format, command=shlex.join(args.argv)))
+            return 0
         out = report_to(store, run_ids, baseline, args.format, args.out, args.argv)
     print(f"wrote {out}", file=sys.stderr)
     return 0
@@ -46,7 +54,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if len(args.refs) > 2:
         raise UsageError("compare takes BASELINE CURRENT, or one interleaved run")
     needs_store = any(not ref_path(r).endswith(".json") for r in args.refs)
-    store = open_store(existing_store(args.db)) if needs_store else None
+    store = open_existing(args.db) if needs_store else None
     try:
         comparison = compare_refs(args.refs, store, threshold=args.threshold, alpha=args.alpha,
                                   run_noise=args.run_noise)
@@ -57,7 +65,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                                     fail_on_flops_change=args.fail_on_flops_change)
     formatter = {"table": format_table, "markdown": format_markdown, "json": format_json}
     print(formatter[args.format](comparison, status))
-    if args.markdown:
+    if args.markdown == STDOUT:
+        print(format_markdown(comparison, status), end="")
+    elif args.markdown:
         try:
             with open(args.markdown, "a", encoding="utf-8") as handle:
                 handle.write(format_markdown(comparison, status))
@@ -71,13 +81,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    with open_store(existing_store(args.db)) as store:
+    with open_existing(args.db) as store:
         run_ids = _run_ids(store, args.run)
-        if args.format == "json":
-            text = json.dumps(export_json(store, run_ids), indent=2)
+        if args.format == "json":  # strict JSON: no bare NaN (vlbench.store_schema.finite)
+            text = json.dumps(finite(export_json(store, run_ids)), indent=2, allow_nan=False)
         else:
             text = export_csv(store, run_ids)
-    if args.out:
+    if args.out and args.out != STDOUT:
         try:
             Path(args.out).write_text(text)
         except OSError as exc:

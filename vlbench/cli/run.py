@@ -15,6 +15,7 @@ import torch
 
 from architectures import resolve_preset
 
+from ..compiled import check_backend
 from ..contention import advice
 from ..context import DeviceError, apply_threads, resolve_device
 from ..env import collect_environment
@@ -64,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     options = RunOptions(measure_from(args, timing),
                          launch_from(args, device, threads=torch.get_num_threads()))
+    check_backend(options.measure.compile_backend)
     if options.launch.executor == "ray":
         check_ray_available()  # one line saying how to install it, exit 2
         if options.launch.ray_address:

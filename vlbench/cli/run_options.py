@@ -45,27 +45,27 @@ class PlanOptions:
     """Which cases a run measures, beyond its suite file."""
 
     suite: str | None = field(default=None, metadata=flag(
-        "--suite", help="built-in suite name or a .yaml path (default latency)"))
+        "--suite", type=parse.text, help="built-in suite name or a .yaml path (default latency)"))
     models: tuple[str, ...] | None = field(default=None, metadata=flag(
-        "--models", type=_listed(tuple, "--models"),
+        "--models", type=_listed(tuple, "names"),
         help="comma-separated presets (default: the suite's)"))
     compose: tuple[str, ...] | None = field(default=None, metadata=flag(
-        "--compose", type=_listed(tuple, "--compose"),
+        "--compose", type=_listed(tuple, "EMBEDDER+FUSION pairs"),
         help="comma-separated EMBEDDER+FUSION pairs, e.g. patch+two-stream,region+dual-encoder "
         "(added to --models)"))
     size: str | None = field(default=None, metadata=flag(
         "--size", choices=["base", "tiny"],
         help="tiny: every model at its tiny twin's widths (seconds on a CPU)"))
     device: str | None = field(default=None, metadata=flag(
-        "--device", help="auto, cpu, cuda or cuda:N (default auto)"))
+        "--device", type=parse.device, help="auto, cpu, cuda or cuda:N (default auto)"))
     batch_sizes: tuple[int, ...] | None = field(default=None, metadata=flag(
         "--batch-sizes", type=lambda text: parse.int_list(text, "--batch-sizes"),
         help="comma-separated, e.g. 1,8 (default: the suite's)"))
     precisions: tuple[str, ...] | None = field(default=None, metadata=flag(
-        "--precisions", type=_listed(parse.precisions, "--precisions"),
+        "--precisions", type=_listed(parse.precisions, "precisions"),
         help="comma-separated: fp32, tf32, bf16, fp16"))
     modes: tuple[str, ...] | None = field(default=None, metadata=flag(
-        "--modes", type=_listed(parse.execution_modes, "--modes"),
+        "--modes", type=_listed(parse.execution_modes, "modes"),
         help="comma-separated execution modes: eager, compile (torch.compile, timed end to end "
         "only), cudagraphs (GPU only)"))
     image_size: tuple[int, int] | None = field(default=None, metadata=flag(
@@ -75,7 +75,7 @@ class PlanOptions:
         "--text-len", type=parse.positive_int,
         help="text tokens (default: each canonical input)"))
     label: str | None = field(default=None, metadata=flag(
-        "--label", help="a label stored with the run"))
+        "--label", type=parse.text, help="a label stored with the run"))
     rounds: int | None = field(default=None, metadata=flag(
         "--rounds", type=parse.positive_int,
         help="measure every case in this many rounds, each in fresh worker processes (default "

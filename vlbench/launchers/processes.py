@@ -47,7 +47,8 @@ class _ForeignProcess:
     def __init__(self, python: str, options: RunOptions) -> None:
         parent_sock, child_sock = socket.socketpair()
         command = [python, "-m", "vlbench.worker", "--fd", str(child_sock.fileno()),
-                   "--parent", str(os.getpid()), "--options", json.dumps(options.settings())]
+                   "--parent", str(os.getpid()), "--options",
+                   json.dumps(options.settings(), allow_nan=False)]
         try:
             self._popen = subprocess.Popen(command, pass_fds=[child_sock.fileno()],
                                            stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())

@@ -32,7 +32,9 @@ with ``OMP_NUM_THREADS`` set to the task's CPU request (1 unless told otherwise)
 silently change what a CPU case measures. The task's runtime environment sets
 ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` to the run's count before the process starts, the task
 calls ``torch.set_num_threads``, and both are recorded (``settings["ray"]["thread_env"]``,
-``settings["threads"]``). Every result carries the worker's environment (``settings["env"]``:
+``settings["threads"]``). A thread count beyond the node's usable cores, or a memory budget
+beyond its memory, is recorded as the case's error, saying so (``vlbench.machine``): only the
+task sees the node it runs on. Every result carries the worker's environment (``settings["env"]``:
 host, CPU, GPU name and driver, versions) and ``settings["ray"]`` (node, worker pid, attempt,
 resources), so a run over mixed devices is reported per device (``vlbench.report.devices``).
 A CPU case runs under the run's memory budget (``RLIMIT_DATA``, as ``vlbench.worker`` does),
@@ -67,6 +69,7 @@ from typing import Any
 from ..budget import data_limit, oom_message
 from ..context import apply_threads
 from ..env import collect_environment
+from ..machine import machine_problems
 from ..measure import run_case
 from ..options import LaunchOptions, RunOptions
 from ..plugins import load_plugins
@@ -183,8 +186,14 @@ def measure_on_worker(spec: CaseSpec, options: RunOptions, attempt: int,
     # Ray shows a GPU task only its own GPU (CUDA_VISIBLE_DEVICES): "cuda:N" is "cuda" here
     device = "cuda" if spec.device.startswith("cuda") else spec.device
     budget = launch.memory_budget_bytes if device == "cpu" else None
-    with data_limit(budget):
-        result = run_case(dataclasses.replace(spec, device=device), options.measure)
+    # this node's cores and memory bound the case, not the driver's
+    problems = machine_problems([spec.threads or launch.threads], budget,
+                                where=f"Ray node {_soft_node_ip(ray) or 'here'}")
+    if problems:
+        result = CaseResult(spec=spec, status="error", message="; ".join(problems))
+    else:
+        with data_limit(budget):
+            result = run_case(dataclasses.replace(spec, device=device), options.measure)
     context = ray.get_runtime_context()
     env = collect_environment(device, argv=[])
     settings = {**result.settings,

@@ -9,6 +9,7 @@ what was stored with the run.
 
 from vlbench.report.data import ReportData, collect
 from vlbench.report.markdown import render_markdown
-from vlbench.report.write import default_path, write_report
+from vlbench.report.write import default_path, render_report, write_report
 
-__all__ = ["ReportData", "collect", "default_path", "render_markdown", "write_report"]
+__all__ = ["ReportData", "collect", "default_path", "render_markdown", "render_report",
+           "write_report"]

@@ -24,6 +24,7 @@ from vlbench.report.data import Case, ReportData, spec_text
 from vlbench.report.text import FLOP_NOTE, html_ms, number, peak_percent, percent
 from vlbench.results import STAGE_GAP_LIMIT, stage_gap
 from vlbench.stats import UNSTABLE_CV
+from vlbench.store_schema import finite
 
 __all__ = ["Case", "render_html"]  # Case: where callers have always found it
 
@@ -36,7 +37,8 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
         for key in sorted(value, key=str):
             out += _flatten(value[key], f"{prefix}.{key}" if prefix else str(key))
         return out
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = value if isinstance(value, str) else json.dumps(finite(value), default=str,
+                                                           allow_nan=False)
     return [(prefix, text)]
 
 

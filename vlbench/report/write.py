@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import Literal
@@ -56,12 +56,19 @@ def write_report(
     directory. Raises KeyError (the store's UnknownRunError) for an unknown run and ValueError
     for a baseline with no cases in common or an unknown format.
     """
+    path = Path(out) if out is not None else default_path(run_ids, fmt)
+    write_atomic(path, render_report(store, run_ids, baseline=baseline, fmt=fmt,
+                                     command=command))
+    return path
+
+
+def render_report(store: Store, run_ids: list[int], *, baseline: int | None = None,
+                  fmt: Literal["html", "markdown"] = "html", command: str = "") -> Iterator[str]:
+    """The report's text in chunks (``write_report`` writes them to a file; ``vlbench report
+    --out -`` to standard output). The data is collected before the first chunk."""
     if fmt not in ("html", "markdown"):
         raise ValueError(f"unknown report format {fmt!r}; valid: html, markdown")
-    path = Path(out) if out is not None else default_path(run_ids, fmt)
     data = collect(store, run_ids, baseline)
     if fmt == "markdown":
-        write_atomic(path, [markdown_from_data(data, command)])
-    else:
-        write_atomic(path, render_html(data, command))
-    return path
+        return iter([markdown_from_data(data, command)])
+    return iter(render_html(data, command))
