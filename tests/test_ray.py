@@ -33,7 +33,7 @@ from vlbench.options import LaunchOptions
 from vlbench.report import write_report
 from vlbench.report.devices import device_rows, device_tags, label_devices
 from vlbench.report.html import Case
-from vlbench.results import CaseResult, CaseSpec
+from vlbench.results import MEASURED_SETTINGS, CaseResult, CaseSpec
 from vlbench.store import Store, case_key
 from vlbench.table import results_table
 
@@ -148,7 +148,7 @@ def test_results_equal_the_local_executors(ray_db: Path, tmp_path: Path) -> None
     assert on_ray.keys() == here.keys()
     assert {k: measured(r) for k, r in on_ray.items()} == {k: measured(r) for k, r in here.items()}
     for key, r in on_ray.items():  # the same settings, apart from where and what was measured
-        where = {"env", "ray", "worker_pid", "peak_flops"}
+        where = {"env", "ray", "worker_pid", *MEASURED_SETTINGS}
         assert {k: v for k, v in r.settings.items() if k not in where} == {
             k: v for k, v in here[key].settings.items() if k not in where}
 

@@ -169,6 +169,7 @@ def test_a_case_runs_its_pairs_in_the_batch_that_fits(monkeypatch: pytest.Monkey
     info = result.settings["retrieval"]
     assert (info["pair_batch"], info["pair_batches"]) == (3, 3)
     assert info["pair_probe"]["oom_at"] == 4
+    assert result.settings["energy"] == {"status": "not available: not a GPU run"}  # never a 0
     pairs = next(s for s in result.stages if s.name == "query.pairs")
     assert pairs.calls == 3 and pairs.workload == {"pairs": 8, "batch": 3, "batches": 3}
 

@@ -15,7 +15,7 @@ from vlbench.budget import choose_memory_budget, default_memory_budget
 from vlbench.cli import NO_ISOLATION_ENV, main
 from vlbench.launchers import run_cases
 from vlbench.options import LaunchOptions, MeasureOptions, RunOptions
-from vlbench.results import CaseSpec
+from vlbench.results import MEASURED_SETTINGS, CaseSpec
 from vlbench.store import Store
 from vlbench.timing import TimingOptions
 
@@ -69,8 +69,9 @@ def test_a_healthy_worker_is_reused_and_measures_like_this_process() -> None:
                                             LaunchOptions(threads=1)), lambda r: None)
     assert "worker_pid" not in here.settings
     # the measured matmul peak is a measurement, not a setting: equal only in kind
-    settings = {k: v for k, v in second.settings.items() if k not in ("worker_pid", "peak_flops")}
-    assert settings == {k: v for k, v in here.settings.items() if k != "peak_flops"}
+    settings = {k: v for k, v in second.settings.items()
+                if k not in {"worker_pid", *MEASURED_SETTINGS}}
+    assert settings == {k: v for k, v in here.settings.items() if k not in MEASURED_SETTINGS}
     assert second.settings["peak_flops"] > 0 and here.settings["peak_flops"] > 0
     assert (here.flops_total, here.params_total, here.tokens) == (
         second.flops_total, second.params_total, second.tokens)

@@ -16,7 +16,7 @@ import ctypes
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -25,6 +25,7 @@ MIN_WINDOW_S = 1.0
 #: seconds of idle sampling before the window
 IDLE_S = 1.0
 _NVML = ("libnvidia-ml.so.1", "libnvidia-ml.so")
+T = TypeVar("T")
 
 
 @dataclass
@@ -111,3 +112,13 @@ def _measure_idle(meter: EnergyMeter, device: torch.device) -> float:
     began, start = time.perf_counter(), meter.read_mj()
     time.sleep(IDLE_S)
     return (meter.read_mj() - start) / 1e3 / (time.perf_counter() - began)
+
+
+def with_energy(device: torch.device, run: Callable[[], T],
+                forwards: Callable[[T], int]) -> tuple[T, dict[str, Any]]:
+    """``run()`` inside an energy window, and its record; ``forwards(result)``: how many
+    forwards (queries, for a retrieval step) the run timed, warm-up included."""
+    done: list[T] = []
+    with energy_window(device, lambda: forwards(done[0]) if done else 0) as energy:
+        done.append(run())
+    return done[0], energy

@@ -28,6 +28,9 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 FLOP_CONVENTION = "one multiply-add = 2 FLOPs"
 #: a gap between the stage sum and end-to-end above this share is flagged in tables and reports
 STAGE_GAP_LIMIT = 0.05
+#: settings that are measurements (they differ between two runs of one case), not how it ran
+MEASURED_SETTINGS = frozenset({"peak_flops", "hooked_end_to_end_ms", "energy",
+                               "kernels_per_forward", "compile_s"})
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from feature_extractors import ImageBatch, RegionBatch, stage_workload
 
 from ..compiled import measure_end_to_end, prepare_compiled
 from ..context import CaseContext
-from ..energy import energy_window
+from ..energy import with_energy
 from ..failures import UnsupportedCase
 from ..flops import count_flops, count_params
 from ..memory import peak_bytes, reset_peak
@@ -68,11 +68,8 @@ class Forward:
 
 def _time(ctx: CaseContext) -> tuple[Any, Measurement]:
     """The callable timed and its samples, inside the case's energy window (GPU)."""
-    forwards: list[int] = []
-    with energy_window(ctx.device, lambda: sum(forwards)) as energy:
-        timed, measured = _time_by_mode(ctx)
-        forwards.append(measured.forwards)
-    ctx.settings["energy"] = energy
+    (timed, measured), ctx.settings["energy"] = with_energy(
+        ctx.device, lambda: _time_by_mode(ctx), lambda done: done[1].forwards)
     return timed, measured
 
 

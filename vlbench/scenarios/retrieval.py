@@ -33,6 +33,7 @@ from architectures.retrieval import Retriever, take
 from feature_extractors import ImageBatch, RegionBatch, Stage, Tokens, stage_workload
 
 from ..context import CaseContext
+from ..energy import with_energy
 from ..failures import UnsupportedCase
 from ..flops import count_flops, count_params
 from ..memory import peak_bytes, reset_peak
@@ -123,15 +124,18 @@ class _Step:
     flops_total: int
     flops: dict[str, int]
     workload: dict[str, dict[str, int]]
+    energy: dict[str, Any]
 
 
 def _time_step(ctx: CaseContext, retriever: Retriever, stages: tuple[Stage, ...], prefix: str,
                forward: Callable[[], object]) -> _Step:
     stages = [s for s in stages if s.name.split(".")[0] == prefix]
     total, flops = count_flops(retriever, forward, stages)
-    measured = measure(forward, retriever, stages, ctx.device, ctx.options.timing)
+    measured, energy = with_energy(
+        ctx.device, lambda: measure(forward, retriever, stages, ctx.device, ctx.options.timing),
+        lambda done: done.forwards)
     workload = {s.name: w for s in stages if (w := stage_workload(retriever, s))}
-    return _Step(stages, measured, total, flops, workload)
+    return _Step(stages, measured, total, flops, workload, energy)
 
 
 class Retrieval:
@@ -172,6 +176,7 @@ class Retrieval:
                                               items_note, cache, gallery.measured,
                                               ctx.model.visual_kind)
         ctx.settings["iterations"] = _iterations(gallery.measured, query.measured)
+        ctx.settings["energy"] = query.energy  # per query: what one search costs
         workload = _workload(gallery, query, n, gallery_probe.size, pair_batch)
         stages = ctx.stage_results(
             steps, samples={**gallery.measured.stages_ms, **query.measured.stages_ms},
