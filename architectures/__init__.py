@@ -1,10 +1,18 @@
 """Fusion schemes, heads and the published model presets, composed into ``VLModel``.
 
 ``build_model("vilt-b32")`` builds a preset with random weights (timing does not depend on
-weights; nothing is downloaded). ``list_models()`` names every preset.
+weights; nothing is downloaded). ``list_models()`` names every preset. ``hf-`` presets
+(``architectures.hf``) build transformers' own classes; ``build_loaded`` builds what a case
+measures, with ``--hf-dir`` or ``--weights`` applied.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
 
 from feature_extractors import Stage, build_embedder, spec_for_config
 
@@ -12,14 +20,18 @@ from . import presets, presets_itc  # noqa: F401 - importing them registers the 
 from .compose import compose, pair_matrix, resolve_preset
 from .fusion import FUSIONS, FusionOutput, build_fusion, fusion_spec_for_config
 from .heads import build_head
+from .hf import HF_PRESETS, HFModel, HFPreset, build_hf_model, read_hf_dir
 from .model import VLModel
 from .preset import PRESETS, Preset
+from .weights import check_weights, load_weights
 
 
-def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:
+def build_model(preset: str | Preset | HFPreset, *, head: bool = False) -> VLModel | HFModel:
     """A model from a preset or ``embedder+fusion`` pair name, or a ``Preset``;
     ``head=True`` adds its task head."""
     p = resolve_preset(preset) if isinstance(preset, str) else preset
+    if isinstance(p, HFPreset):
+        return build_hf_model(p, head=head)
     embedder, scheme = spec_for_config(p.visual), fusion_spec_for_config(p.fusion)
     visual = build_embedder(p.visual)
     text = build_embedder(p.text)
@@ -36,18 +48,56 @@ def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:
     return model
 
 
+def build_loaded(preset: Preset | HFPreset, *, head: bool = False, hf_dir: str | None = None,
+                 weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a case measures and the record of what it was built from: an ``hf-`` preset
+    from ``hf_dir`` (``--hf-dir``), with its class and attention implementation; a native
+    preset with ``weights`` (``--weights``) loaded. Each option applies to its kind only."""
+    if isinstance(preset, HFPreset):
+        model = build_hf_model(preset, head=head, hf_dir=hf_dir)
+        return model, dict(model.sources)
+    model = build_model(preset, head=head)
+    return model, ({"weights": load_weights(model, preset, weights)} if weights else {})
+
+
+def check_sources(models: list[Preset | HFPreset], *, head: bool = False,
+                  hf_dir: str | None = None, weights: str | None = None) -> None:
+    """Refuse, before anything runs, what ``build_loaded`` would refuse: an ``--hf-dir`` of
+    another model type, a checkpoint that does not match a native preset (checked on the meta
+    device); each option given to a run with no model it applies to."""
+    hf = [p for p in models if isinstance(p, HFPreset)]
+    native = [p for p in models if not isinstance(p, HFPreset)]
+    if hf_dir is not None and not hf:
+        raise ValueError("--hf-dir builds hf- models (transformers' classes), and this run has "
+                         "none; name one, e.g. --models hf-vilt")
+    if weights is not None and not native:
+        raise ValueError("--weights loads into native presets, and this run has none (an hf- "
+                         "model takes --hf-dir)")
+    for p in hf if hf_dir is not None else []:
+        read_hf_dir(Path(hf_dir), p.config_class)
+    for p in native if weights is not None else []:
+        with torch.device("meta"):
+            model = build_model(p, head=head)
+        check_weights(model, p, weights)
+
+
 def list_models() -> list[str]:
     return PRESETS.names()
 
 
 __all__ = [
     "FUSIONS",
+    "HF_PRESETS",
     "PRESETS",
     "FusionOutput",
+    "HFModel",
+    "HFPreset",
     "Preset",
     "Stage",
     "VLModel",
+    "build_loaded",
     "build_model",
+    "check_sources",
     "compose",
     "list_models",
     "pair_matrix",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from feature_extractors import EMBEDDERS, UnknownNameError, spec_for_config, visual_embedder
 
 from .fusion import FUSIONS, fusion_spec_for_config
+from .hf import HF_PRESETS, HFPreset
 from .preset import PRESETS, Preset
 
 SIZES = ("base", "tiny")
@@ -52,8 +53,9 @@ def compose(visual: str, fusion: str, size: str = "base") -> Preset:
     )
 
 
-def resolve_preset(name: str, size: str | None = None) -> Preset:
-    """A preset or an ``embedder+fusion`` pair by name; ``size="tiny"`` gives its tiny twin.
+def resolve_preset(name: str, size: str | None = None) -> Preset | HFPreset:
+    """A preset, an ``hf-`` preset (transformers' own class, ``architectures.hf``) or an
+    ``embedder+fusion`` pair by name; ``size="tiny"`` gives its tiny twin.
 
     A ``-tiny`` suffix works too. Unknown names fail with one line listing what exists.
     """
@@ -66,11 +68,14 @@ def resolve_preset(name: str, size: str | None = None) -> Preset:
         return compose(visual, fusion, "tiny" if tiny else "base")
     if size == "tiny" and not name.endswith("-tiny"):
         name = f"{name}-tiny"
+    if name in HF_PRESETS:
+        return HF_PRESETS.get(name)
     try:
         return PRESETS.get(name)
     except UnknownNameError:
         raise UnknownNameError(
-            f"unknown model {name!r}; valid: {', '.join(PRESETS.names())}, or a pair "
+            f"unknown model {name!r}; valid: {', '.join(PRESETS.names())}, "
+            f"{', '.join(HF_PRESETS.names())}, or a pair "
             f"EMBEDDER+FUSION such as patch+two-stream (see 'vlbench list pairs')") from None
 
 
