@@ -87,6 +87,16 @@ class MeasureOptions:
     trace_dir: str | None = field(default=None, metadata=flag(
         "--trace", metavar="DIR",
         help="write a torch.profiler chrome trace of one forward per case into DIR"))
+    #: hf- models: build from this save_pretrained directory (config.json, weights if present)
+    hf_dir: str | None = field(default=None, metadata=flag(
+        "--hf-dir", metavar="PATH",
+        help="hf- models: build transformers' class from this save_pretrained directory "
+        "(its config.json, and its weights where present; else random weights)"))
+    #: native presets: load this checkpoint (save_pretrained directory or state dict)
+    weights: str | None = field(default=None, metadata=flag(
+        "--weights", metavar="PATH",
+        help="native presets: load trained weights from a transformers save_pretrained "
+        "directory or a safetensors / torch state dict of the reference model"))
 
 
 @dataclass(frozen=True)

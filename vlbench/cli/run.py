@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from architectures import resolve_preset
+from architectures import check_sources, resolve_preset
 
 from ..context import DeviceError, apply_threads, resolve_device
 from ..env import collect_environment
@@ -65,6 +65,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     rounds = plan.rounds or 1
     check_rounds(rounds, options.launch)
     cases = expand_rounds(suite.cases(device), rounds, interleaved=options.launch.interleaved)
+    measure = options.measure
+    # --hf-dir / --weights that do not fit a model are refused here, before the store is touched
+    check_sources([resolve_preset(m) for m in dict.fromkeys(c.model for c in cases)],
+                  head=measure.head, hf_dir=measure.hf_dir, weights=measure.weights)
     with open_store(args.db) as store:
         run_id = store.start_run(
             label=plan.label, suite=suite.name, command=shlex.join(args.argv),
