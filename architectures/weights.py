@@ -132,7 +132,7 @@ def _plan(model: nn.Module, preset: Preset, ckpt: Checkpoint
           ) -> tuple[ReferenceNaming, dict[str, Source], dict[str, str], list[str]]:
     """Our parameter -> its checkpoint tensor; the checkpoint's names as read -> as mapped;
     the checkpoint tensors left unused. A one-line ``ValueError`` on any mismatch."""
-    naming = NAMINGS[reference_family(preset)]
+    naming = naming_for(preset, ckpt.path)
     where = f"--weights {ckpt.path} does not match {preset.name}"
     model_type = (ckpt.config or {}).get("model_type")
     if model_type is not None and model_type != naming.model_type:
@@ -165,6 +165,16 @@ def _plan(model: nn.Module, preset: Preset, ckpt: Checkpoint
     return naming, plan, names, spare
 
 
+def naming_for(preset: Preset, path: str | Path) -> ReferenceNaming:
+    """The reference naming of the preset's family; a preset no reference expresses (a
+    detector, ALBEF) is refused before the checkpoint is read."""
+    try:
+        return NAMINGS[reference_family(preset)]
+    except ValueError as exc:
+        raise ValueError(f"--weights {path}: no reference checkpoint fits {preset.name} "
+                         f"({exc})") from None
+
+
 def _ignorable(name: str, naming: ReferenceNaming) -> bool:
     return (name in naming.ignored or name.startswith(naming.task_heads)
             or name.rsplit(".", 1)[-1] in INDEX_BUFFERS)
@@ -180,6 +190,7 @@ def _listed(items: list[str], what: str) -> str:
 def check_weights(model: nn.Module, preset: Preset, path: str | Path) -> None:
     """Raise what ``load_weights`` would, reading only the checkpoint's layout; ``model`` may
     be on the meta device."""
+    naming_for(preset, path)
     _plan(model, preset, open_checkpoint(path))
 
 
@@ -200,6 +211,7 @@ def load_weights(model: nn.Module, preset: Preset, path: str | Path) -> dict[str
     """Copy the checkpoint into ``model`` (built from ``preset``); returns the record a case
     keeps: path, format, size, SHA-256, the reference naming, what was loaded, left unused
     (known task heads, index buffers) and kept at initialisation."""
+    naming_for(preset, path)
     ckpt = open_checkpoint(path)
     naming, plan, names, spare = _plan(model, preset, ckpt)
     tensors = ckpt.tensors()

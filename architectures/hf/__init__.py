@@ -9,7 +9,7 @@ only when a model is built.
 
 from __future__ import annotations
 
-from . import families  # noqa: F401 - importing it registers the built-in stage maps
+from .families import pixels, token_ids  # importing it registers the built-in stage maps
 from .local import read_hf_dir
 from .model import HFModel
 from .presets import HF_PRESETS, HFPreset, build_hf_model, register_hf_preset
@@ -31,8 +31,10 @@ __all__ = [
     "MethodStage",
     "StageMap",
     "build_hf_model",
+    "pixels",
     "prefixed",
     "read_hf_dir",
     "register_hf_preset",
     "register_stage_map",
+    "token_ids",
 ]
