@@ -29,6 +29,8 @@ class HFModel(nn.Module):
         super().__init__()
         self.hf = library
         self.regions = regions  # region-feature models: features per image
+        #: what it was built from (``build_hf_model`` fills it; recorded with each case)
+        self.sources: dict[str, Any] = {}
         self.stage_map = stage_map
         self.embedder_name = name
         self.fusion_name = f"transformers:{type(library).__name__}"
