@@ -26,12 +26,14 @@ from .preset import PRESETS, Preset
 from .weights import check_weights, load_weights
 
 
-def build_model(preset: str | Preset | HFPreset, *, head: bool = False) -> VLModel | HFModel:
+def build_model(preset: str | Preset | HFPreset, *, head: bool = False,
+                hf_dir: str | None = None) -> VLModel | HFModel:
     """A model from a preset or ``embedder+fusion`` pair name, or a ``Preset``;
-    ``head=True`` adds its task head."""
+    ``head=True`` adds its task head. An ``hf-`` preset builds transformers' class, from
+    ``hf_dir`` (``--hf-dir``, a save_pretrained directory) where given."""
     p = resolve_preset(preset) if isinstance(preset, str) else preset
     if isinstance(p, HFPreset):
-        return build_hf_model(p, head=head)
+        return build_hf_model(p, head=head, hf_dir=hf_dir)
     embedder, scheme = spec_for_config(p.visual), fusion_spec_for_config(p.fusion)
     visual = build_embedder(p.visual)
     text = build_embedder(p.text)
@@ -48,16 +50,22 @@ def build_model(preset: str | Preset | HFPreset, *, head: bool = False) -> VLMod
     return model
 
 
+def load_sources(model: nn.Module, preset: Preset | HFPreset, *,
+                 weights: str | None = None) -> dict[str, Any]:
+    """What a case records of where its model came from, loading ``weights`` (``--weights``)
+    into a native preset first: the checkpoint's path, size and SHA-256; for an ``hf-`` model,
+    its class, transformers version, attention implementation and ``--hf-dir``."""
+    if isinstance(preset, HFPreset):
+        return dict(model.sources)
+    return {"weights": load_weights(model, preset, weights)} if weights else {}
+
+
 def build_loaded(preset: Preset | HFPreset, *, head: bool = False, hf_dir: str | None = None,
                  weights: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The model a case measures and the record of what it was built from: an ``hf-`` preset
-    from ``hf_dir`` (``--hf-dir``), with its class and attention implementation; a native
-    preset with ``weights`` (``--weights``) loaded. Each option applies to its kind only."""
-    if isinstance(preset, HFPreset):
-        model = build_hf_model(preset, head=head, hf_dir=hf_dir)
-        return model, dict(model.sources)
-    model = build_model(preset, head=head)
-    return model, ({"weights": load_weights(model, preset, weights)} if weights else {})
+    """``build_model`` then ``load_sources``: the model a case measures and its record. Each
+    option applies to its kind of preset only."""
+    model = build_model(preset, head=head, hf_dir=hf_dir)
+    return model, load_sources(model, preset, weights=weights)
 
 
 def check_sources(models: list[Preset | HFPreset], *, head: bool = False,
@@ -98,6 +106,7 @@ __all__ = [
     "build_loaded",
     "build_model",
     "check_sources",
+    "load_sources",
     "compose",
     "list_models",
     "pair_matrix",

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from architectures import build_loaded, resolve_preset
+from architectures import build_model, load_sources, resolve_preset
 from feature_extractors import ImageBatch, RegionBatch, Stage
 
 from . import paper
@@ -122,9 +122,9 @@ class CaseContext:
         sizes, its declared stages."""
         device, settings, peak = _prepare(spec, options, head=head)
         preset = resolve_preset(spec.model)
-        model, sources = build_loaded(preset, head=head, hf_dir=options.hf_dir,
-                                      weights=options.weights)
-        settings.update(sources)  # checkpoint path, size, SHA-256; hf- class and attention
+        model = build_model(preset, head=head, hf_dir=options.hf_dir)
+        # checkpoint path, size, SHA-256; an hf- model's class and attention implementation
+        settings.update(load_sources(model, preset, weights=options.weights))
         model = model.to(device).eval()
         inputs = model.example_inputs(spec.batch_size, spec.image_size, spec.text_len,
                                       device=device, seed=options.seed)
