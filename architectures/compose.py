@@ -12,9 +12,16 @@ named at ``size="tiny"`` (only the fusion shrinks).
 
 from __future__ import annotations
 
-from feature_extractors import EMBEDDERS, UnknownNameError, spec_for_config, visual_embedder
+from feature_extractors import (
+    EMBEDDERS,
+    UnknownNameError,
+    check_visual_input,
+    spec_for_config,
+    visual_embedder,
+)
 
 from .fusion import FUSIONS, fusion_spec_for_config
+from .hf import HF_PRESETS, HFPreset
 from .preset import PRESETS, Preset
 
 SIZES = ("base", "tiny")
@@ -52,8 +59,16 @@ def compose(visual: str, fusion: str, size: str = "base") -> Preset:
     )
 
 
-def resolve_preset(name: str, size: str | None = None) -> Preset:
-    """A preset or an ``embedder+fusion`` pair by name; ``size="tiny"`` gives its tiny twin.
+def check_input(preset: Preset | HFPreset, image_size: tuple[int, int]) -> None:
+    """ValueError, one line, for an image a native preset's embedder cannot take at all;
+    transformers' own classes check their inputs themselves."""
+    if isinstance(preset, Preset):
+        check_visual_input(preset.visual, image_size)
+
+
+def resolve_preset(name: str, size: str | None = None) -> Preset | HFPreset:
+    """A preset, an ``hf-`` preset (transformers' own class, ``architectures.hf``) or an
+    ``embedder+fusion`` pair by name; ``size="tiny"`` gives its tiny twin.
 
     A ``-tiny`` suffix works too. Unknown names fail with one line listing what exists.
     """
@@ -66,11 +81,14 @@ def resolve_preset(name: str, size: str | None = None) -> Preset:
         return compose(visual, fusion, "tiny" if tiny else "base")
     if size == "tiny" and not name.endswith("-tiny"):
         name = f"{name}-tiny"
+    if name in HF_PRESETS:
+        return HF_PRESETS.get(name)
     try:
         return PRESETS.get(name)
     except UnknownNameError:
         raise UnknownNameError(
-            f"unknown model {name!r}; valid: {', '.join(PRESETS.names())}, or a pair "
+            f"unknown model {name!r}; valid: {', '.join(PRESETS.names())}, "
+            f"{', '.join(HF_PRESETS.names())}, or a pair "
             f"EMBEDDER+FUSION such as patch+two-stream (see 'vlbench list pairs')") from None
 
 

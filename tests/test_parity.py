@@ -8,14 +8,13 @@ pairing live in ``benchmarks.parity`` (one copy, shared with the full-size scrip
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import nn
 
 from architectures import build_model
 from architectures.fusion import SingleStreamConfig
+from architectures.weight_maps import NAMINGS
 from benchmarks.parity import (
     Pair,
     as_preset,
@@ -158,64 +157,9 @@ def test_tiny_flops_match(tiny_pair: TinyPair) -> None:
     assert attention == expected_attention_flops(name)
 
 
-# ours -> theirs parameter names; applied in order, first match wins
-_VILT_BLOCK = [
-    (r"norm1\.", "layernorm_before."),
-    (r"attn\.(query|key|value)\.", r"attention.attention.\2."),  # \1: the block index
-    (r"attn\.out\.", "attention.output.dense."),
-    (r"norm2\.", "layernorm_after."),
-    (r"mlp\.fc1\.", "intermediate.dense."),
-    (r"mlp\.fc2\.", "output.dense."),
-]
-_CLIP_BLOCK = [
-    (r"norm1\.", "layer_norm1."),
-    (r"attn\.query\.", "self_attn.q_proj."),
-    (r"attn\.key\.", "self_attn.k_proj."),
-    (r"attn\.value\.", "self_attn.v_proj."),
-    (r"attn\.out\.", "self_attn.out_proj."),
-    (r"norm2\.", "layer_norm2."),
-    (r"mlp\.", "mlp."),
-]
-RENAMES: dict[str, list[tuple[str, str]]] = {
-    "vilt": [
-        (r"^visual\.proj\.", "embeddings.patch_embeddings.projection."),
-        (r"^visual\.cls_token$", "embeddings.cls_token"),
-        (r"^visual\.pos_embed$", "embeddings.position_embeddings"),
-        (r"^text\.word\.", "embeddings.text_embeddings.word_embeddings."),
-        (r"^text\.position\.", "embeddings.text_embeddings.position_embeddings."),
-        (r"^text\.token_type\.", "embeddings.text_embeddings.token_type_embeddings."),
-        (r"^text\.norm\.", "embeddings.text_embeddings.LayerNorm."),
-        (r"^fusion\.modality\.", "embeddings.token_type_embeddings."),
-        *[(rf"^fusion\.encoder\.blocks\.(\d+)\.{a}", rf"encoder.layer.\1.{b}")
-          for a, b in _VILT_BLOCK],
-        (r"^fusion\.norm\.", "layernorm."),
-        (r"^fusion\.pooler\.", "pooler.dense."),
-    ],
-    "clip": [
-        (r"^visual\.proj\.", "vision_model.embeddings.patch_embedding."),
-        (r"^visual\.cls_token$", "vision_model.embeddings.class_embedding"),
-        (r"^visual\.pos_embed$", "vision_model.embeddings.position_embedding.weight"),
-        (r"^fusion\.vision_tower\.norm_pre\.", "vision_model.pre_layrnorm."),
-        *[(rf"^fusion\.vision_tower\.encoder\.blocks\.(\d+)\.{a}",
-           rf"vision_model.encoder.layers.\1.{b}") for a, b in _CLIP_BLOCK],
-        (r"^fusion\.vision_tower\.norm_post\.", "vision_model.post_layernorm."),
-        (r"^text\.token\.", "text_model.embeddings.token_embedding."),
-        (r"^text\.position\.", "text_model.embeddings.position_embedding."),
-        *[(rf"^fusion\.text_tower\.encoder\.blocks\.(\d+)\.{a}",
-           rf"text_model.encoder.layers.\1.{b}") for a, b in _CLIP_BLOCK],
-        (r"^fusion\.text_tower\.norm\.", "text_model.final_layer_norm."),
-        (r"^fusion\.interaction\.vision_proj\.", "visual_projection."),
-        (r"^fusion\.interaction\.text_proj\.", "text_projection."),
-        (r"^fusion\.interaction\.logit_scale$", "logit_scale"),
-    ],
-}
-
-
 def their_name(ours_name: str, fam: str) -> str:
-    for pattern, repl in RENAMES[fam]:
-        if re.search(pattern, ours_name):
-            return re.sub(pattern, repl, ours_name)
-    raise KeyError(f"no rename for {ours_name}")
+    """The mapping ``--weights`` uses too (``architectures.weight_maps``): one copy."""
+    return NAMINGS[fam].source(ours_name).name
 
 
 def load_their_weights(ours: nn.Module, theirs: nn.Module, fam: str) -> None:

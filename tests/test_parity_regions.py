@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from architectures import build_model
+from architectures.weight_maps import NAMINGS
 from benchmarks.parity import (
     as_preset,
     count_flops,
@@ -234,17 +235,13 @@ def test_lxmert_outputs_match_with_shared_weights() -> None:
     torch.testing.assert_close(got.pooled, want.pooled_output, **tol)
 
 
-# ours -> VisualBertModel, for the embedding check below
+# ours -> VisualBertModel, for the embedding check below: the mapping --weights uses
+# (architectures.weight_maps), restricted to the embeddings
 _VISUALBERT_EMBEDDINGS = {
-    "text.word.weight": "embeddings.word_embeddings.weight",
-    "text.position.weight": "embeddings.position_embeddings.weight",
-    "text.token_type.weight": "embeddings.token_type_embeddings.weight",
-    "text.norm.weight": "embeddings.LayerNorm.weight",
-    "text.norm.bias": "embeddings.LayerNorm.bias",
-    "visual.embed.feature.weight": "embeddings.visual_projection.weight",
-    "visual.embed.feature.bias": "embeddings.visual_projection.bias",
-    "visual.embed.norm.weight": "embeddings.LayerNorm.weight",  # their one LN, for both
-    "visual.embed.norm.bias": "embeddings.LayerNorm.bias",
+    n: NAMINGS["visualbert"].source(n).name
+    for n in ("text.word.weight", "text.position.weight", "text.token_type.weight",
+              "text.norm.weight", "text.norm.bias", "visual.embed.feature.weight",
+              "visual.embed.feature.bias", "visual.embed.norm.weight", "visual.embed.norm.bias")
 }
 
 

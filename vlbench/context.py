@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from architectures import build_model, resolve_preset
+from architectures import build_model, load_sources, resolve_preset
 from feature_extractors import ImageBatch, RegionBatch, Stage
 
 from . import paper
@@ -118,11 +118,15 @@ class CaseContext:
 
     @classmethod
     def for_preset(cls, spec: CaseSpec, options: MeasureOptions, *, head: bool) -> CaseContext:
-        """A preset or ``EMBEDDER+FUSION`` pair by name: built with random weights, its example
-        inputs at the case's sizes, its declared stages."""
+        """A preset or ``EMBEDDER+FUSION`` pair by name: built with random weights (or those of
+        ``--weights``; an ``hf-`` preset from ``--hf-dir``), its example inputs at the case's
+        sizes, its declared stages."""
         device, settings, peak = _prepare(spec, options, head=head)
         preset = resolve_preset(spec.model)
-        model = build_model(preset, head=head).to(device).eval()
+        model = build_model(preset, head=head, hf_dir=options.hf_dir)
+        # checkpoint path, size, SHA-256; an hf- model's class and attention implementation
+        settings.update(load_sources(model, preset, weights=options.weights))
+        model = model.to(device).eval()
         inputs = model.example_inputs(spec.batch_size, spec.image_size, spec.text_len,
                                       device=device, seed=options.seed)
         identity = ModelIdentity(

@@ -133,6 +133,16 @@ class MeasureOptions:
     nvtx: bool = field(default=False, metadata=flag(
         "--nvtx", action="store_true",
         help="wrap each stage in an NVTX range named after it (for Nsight Systems)"))
+    #: hf- models: build from this save_pretrained directory (config.json, weights if present)
+    hf_dir: str | None = field(default=None, metadata=flag(
+        "--hf-dir", type=text, metavar="PATH",
+        help="hf- models: build transformers' class from this save_pretrained directory "
+        "(its config.json, and its weights where present; else random weights)"))
+    #: native presets: load this checkpoint (save_pretrained directory or state dict)
+    weights: str | None = field(default=None, metadata=flag(
+        "--weights", type=text, metavar="PATH",
+        help="native presets: load trained weights from a transformers save_pretrained "
+        "directory or a safetensors / torch state dict of the reference model"))
 
     def __post_init__(self) -> None:
         _check_fields(self)

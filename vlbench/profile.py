@@ -4,16 +4,18 @@ Models whose stages are all static run on the meta device: full published sizes 
 and no initialisation time, so tests can check them too. A model with data-dependent stages (a
 region detector's RPN and NMS, whose output sizes depend on the values) cannot run on meta; it
 runs once on the CPU, and its workload record (proposals, boxes entering NMS, ...) comes with it.
+So do ``hf-`` models (transformers' classes): their mask helpers read tensor values.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from architectures import build_model, resolve_preset
-from feature_extractors import check_visual_input, stage_workload
+from architectures import HFPreset, build_model, check_input, resolve_preset
+from feature_extractors import stage_workload
 
 from .flops import count_flops, count_params
 from .results import FLOP_CONVENTION
@@ -32,18 +34,20 @@ def profile_model(
     preset = resolve_preset(name)
     image_size = image_size or preset.image_size
     text_len = text_len or preset.text_len
-    check_visual_input(preset.visual, image_size)  # one line, not an error deep in the model
-    with torch.device("meta"):
-        model = build_model(preset, head=head).eval()
-    stages = model.stages()
-    device = "cpu" if any(s.host_sync for s in stages) else "meta"
+    check_input(preset, image_size)  # one line, not an error deep in the model
+    device = "cpu"
+    if not isinstance(preset, HFPreset):
+        with torch.device("meta"):
+            model = build_model(preset, head=head).eval()
+        device = "cpu" if any(s.host_sync for s in model.stages()) else "meta"
     if device == "cpu":
         torch.manual_seed(seed)
         model = build_model(preset, head=head).eval()
+    stages = model.stages()
     inputs = model.example_inputs(batch_size, image_size, text_len, device=device, seed=seed)
     params_total, params = count_params(model, stages)
     with torch.inference_mode():
-        flops_total, flops = count_flops(model, lambda: model(*inputs), stages)
+        flops_total, flops = count_flops(model, lambda: _call(model, inputs), stages)
     return {
         "model": name,
         "batch_size": batch_size,
@@ -61,3 +65,7 @@ def profile_model(
             for s in stages
         },
     }
+
+
+def _call(model: Any, inputs: Any) -> Any:
+    return model(**inputs) if isinstance(inputs, Mapping) else model(*inputs)

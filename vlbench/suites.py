@@ -69,8 +69,7 @@ class Suite:
         """Every case of the suite; ValueError for an input a model cannot take at all (an image
         smaller than a detector's smallest anchor, or than one patch), before anything is
         built."""
-        from architectures import resolve_preset  # model code: loaded once names matter
-        from feature_extractors import check_visual_input
+        from architectures import check_input, resolve_preset  # model code: loaded when needed
 
         sizes = self.batch_sizes
         if device.startswith("cuda") and self.cuda_batch_sizes is not None:
@@ -80,7 +79,7 @@ class Suite:
             preset = resolve_preset(entry.model)
             image_size = entry.image_size or preset.image_size
             try:
-                check_visual_input(preset.visual, image_size)
+                check_input(preset, image_size)
             except ValueError as exc:
                 raise ValueError(f"{entry.model}: {exc}; give a larger --image-size (or the "
                                  "suite's image_size)") from None

@@ -2,7 +2,7 @@
 and submodule pairing per model family, shared by ``tests/test_parity*.py`` and the full-size
 script ``python -m benchmarks.parity`` (``script.py``). One module per family: ``vilt_clip``,
 ``lxmert_visualbert``, ``blip``; ``families`` says which implements a preset; ``common`` holds
-the counting and timing they share."""
+the counting they share; the script times both sides through vlbench's own measurement."""
 
 from .blip import (
     BLIP_CONFIG_DIFFERENCES,
@@ -23,7 +23,6 @@ from .common import (
     pair_counts,
     precomputed_twin,
     sdpa_flops,
-    time_interleaved,
     unmapped_by_side,
     unmapped_params,
 )
@@ -78,7 +77,6 @@ __all__ = [
     "reference_visualbert",
     "sdpa_flops",
     "submodule_pairs",
-    "time_interleaved",
     "unmapped_by_side",
     "unmapped_params",
     "visualbert_config",

@@ -9,12 +9,12 @@ mapped config differs from the default there and only there.
 
 Both of transformers' BLIP attentions are hand-written (eager); ours run SDPA, counted by the
 CPU SDPA FLOP formula. The vision attention's fused ``qkv`` is our separate query, key and value
-(``load_blip_weights`` splits it); everything else maps one to one.
+(``load_blip_weights`` splits it); everything else maps one to one. The name mapping is
+``architectures.weight_maps`` (shared with ``--weights``).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -23,6 +23,7 @@ from torch import nn
 
 from architectures import Preset
 from architectures.fusion import AlignFuseConfig
+from architectures.weight_maps import blip_param_name
 from feature_extractors import BertTextConfig, ImageBatch, PatchProjectionConfig
 
 from .common import Pair, _blocks, _require, as_preset
@@ -95,53 +96,6 @@ def blip_pairs(p: Preset) -> list[Pair]:
         Pair("fusion.itc_head.text_proj", ("fusion.itc_head.text_proj",), ("text_proj",)),
         Pair("fusion.itm_head", ("fusion.itm_head",), ("itm_head",)),
     ]
-
-
-_VIT = "vision_model.encoder.layers.{i}."
-_TEXT = "text_encoder.encoder.layer.{i}."
-# ours -> theirs parameter-name prefixes, first match wins; {i} is the layer index
-_BLIP_RULES = (
-    ("visual.proj.", "vision_model.embeddings.patch_embedding."),
-    ("visual.cls_token", "vision_model.embeddings.class_embedding"),
-    ("visual.pos_embed", "vision_model.embeddings.position_embedding"),
-    ("fusion.vision_tower.encoder.blocks.{i}.norm1.", _VIT + "layer_norm1."),
-    ("fusion.vision_tower.encoder.blocks.{i}.attn.out.", _VIT + "self_attn.projection."),
-    ("fusion.vision_tower.encoder.blocks.{i}.norm2.", _VIT + "layer_norm2."),
-    ("fusion.vision_tower.encoder.blocks.{i}.mlp.", _VIT + "mlp."),
-    ("fusion.vision_tower.norm.", "vision_model.post_layernorm."),
-    ("text.word.", "text_encoder.embeddings.word_embeddings."),
-    ("text.position.", "text_encoder.embeddings.position_embeddings."),
-    ("text.norm.", "text_encoder.embeddings.LayerNorm."),
-    ("fusion.text_layers.{i}.attention.attention.out.", _TEXT + "attention.output.dense."),
-    ("fusion.text_layers.{i}.attention.attention.", _TEXT + "attention.self."),
-    ("fusion.text_layers.{i}.attention.norm.", _TEXT + "attention.output.LayerNorm."),
-    ("fusion.text_layers.{i}.cross.attention.out.", _TEXT + "crossattention.output.dense."),
-    ("fusion.text_layers.{i}.cross.attention.", _TEXT + "crossattention.self."),
-    ("fusion.text_layers.{i}.cross.norm.", _TEXT + "crossattention.output.LayerNorm."),
-    ("fusion.text_layers.{i}.ffn.mlp.fc1.", _TEXT + "intermediate.dense."),
-    ("fusion.text_layers.{i}.ffn.mlp.fc2.", _TEXT + "output.dense."),
-    ("fusion.text_layers.{i}.ffn.norm.", _TEXT + "output.LayerNorm."),
-    ("fusion.itc_head.", ""),
-    ("fusion.itm_head.", "itm_head."),
-)
-_QKV = re.compile(r"fusion\.vision_tower\.encoder\.blocks\.(\d+)\.attn\.(query|key|value)\.")
-
-
-def blip_param_name(ours: str) -> tuple[str, int | None]:
-    """Our parameter name -> (``BlipForImageTextRetrieval``'s name, chunk): ``chunk`` is 0, 1 or
-    2 for our vision query, key and value (rows of their fused ``qkv``), else None. Raises
-    KeyError for a name with no counterpart."""
-    qkv = _QKV.match(ours)
-    if qkv:
-        chunk = ("query", "key", "value").index(qkv.group(2))
-        return _VIT.format(i=qkv.group(1)) + "self_attn.qkv." + ours[qkv.end():], chunk
-    layer = re.search(r"\.(?:blocks|text_layers)\.(\d+)\.", ours)
-    index = layer.group(1) if layer else ""
-    for a, b in _BLIP_RULES:
-        a, b = a.format(i=index), b.format(i=index)
-        if ours.startswith(a):
-            return b + ours[len(a):], None
-    raise KeyError(f"no BlipForImageTextRetrieval counterpart for {ours}")
 
 
 @torch.no_grad()

@@ -1,11 +1,9 @@
 """What every family's parity check shares: resolving a preset, refusing what a reference
-cannot express, pairing parameter prefixes and counting them, counting FLOPs, and timing two
-callables interleaved."""
+cannot express, pairing parameter prefixes and counting them, counting FLOPs. Timing goes
+through vlbench's own measurement (``script.time_pair``)."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -125,42 +123,3 @@ def disable_tf32() -> None:
         conv.fp32_precision = "ieee"
     else:
         torch.backends.cudnn.allow_tf32 = False
-
-
-def _timed(call: Callable[[], object], device: torch.device) -> float:
-    """One call's wall time in ms, with the device drained before and after."""
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    call()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) * 1e3
-
-
-def time_interleaved(
-    ours: Callable[[], object], theirs: Callable[[], object], device: torch.device, *,
-    repeats: int, warmup: int,
-) -> tuple[list[float], list[float]]:
-    """Alternate the two calls so drift (clocks, thermals, other load) hits both alike."""
-    for _ in range(warmup):
-        ours()
-        theirs()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(_timed(ours, device))
-        b.append(_timed(theirs, device))
-    return a, b
-
-
-def _median_iqr(samples_ms: Sequence[float]) -> tuple[float, float]:
-    try:
-        from vlbench.stats import summarize
-    except ImportError:  # stats module not there: plain median, no spread
-        return statistics.median(samples_ms), float("nan")
-    s = summarize(samples_ms)
-    return s.median_ms, s.iqr_ms
-

@@ -11,18 +11,8 @@ import torch
 from torch import nn
 
 from architectures import PRESETS, Preset
-from architectures.fusion import (
-    AlignFuseConfig,
-    DualEncoderConfig,
-    SingleStreamConfig,
-    TwoStreamConfig,
-)
-from feature_extractors import (
-    ImageBatch,
-    PrecomputedRegionsConfig,
-    RegionBatch,
-    RegionFeaturesConfig,
-)
+from architectures.weight_maps import reference_family as weight_family
+from feature_extractors import ImageBatch, RegionBatch, RegionFeaturesConfig
 
 from .blip import blip_config, blip_inputs, blip_pairs, reference_blip
 from .common import Pair, as_preset, precomputed_twin
@@ -67,26 +57,9 @@ FAMILIES: dict[str, Family] = {
 
 
 def reference_family(preset: str | Preset) -> str:
-    """Which reference implements the preset: vilt, clip, lxmert, visualbert or blip."""
-    p = as_preset(preset)
-    if isinstance(p.visual, RegionFeaturesConfig):
-        raise ValueError(f"{p.name} runs a detector, which no reference has; compare "
-                         f"{precomputed_twin(p.name)} instead")
-    if isinstance(p.visual, PrecomputedRegionsConfig):
-        if isinstance(p.fusion, TwoStreamConfig):
-            return "lxmert"
-        if isinstance(p.fusion, SingleStreamConfig):
-            return "visualbert"
-    elif isinstance(p.fusion, SingleStreamConfig):
-        return "vilt"
-    elif isinstance(p.fusion, DualEncoderConfig):
-        return "clip"
-    elif isinstance(p.fusion, AlignFuseConfig):
-        if p.fusion.layout == "shared":
-            return "blip"
-        raise ValueError("ALBEF has no installable implementation; "
-                         "tests/test_align_fuse.py checks it against its official constructors")
-    raise ValueError(f"no reference implementation for {p.name}")
+    """Which reference implements the preset: vilt, clip, lxmert, visualbert or blip
+    (``architectures.weight_maps``, shared with ``--weights``)."""
+    return weight_family(as_preset(preset))
 
 
 def reference_config(preset: str | Preset) -> Any:

@@ -3,7 +3,6 @@ transformers' ``LxmertModel`` and ``VisualBertModel`` (neither has a detector)."
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from architectures import Preset
 from architectures.fusion import SingleStreamConfig, TwoStreamConfig
+from architectures.weight_maps import lxmert_param_name  # noqa: F401 - the one mapping
 from feature_extractors import BertTextConfig, PrecomputedRegionsConfig, RegionBatch
 
 from .common import Pair, _blocks, _require, as_preset
@@ -163,63 +163,3 @@ def visualbert_pairs(p: Preset) -> list[Pair]:
         *_blocks("fusion.encoder.blocks", "encoder.layer", f.depth),
         Pair("fusion.pooler", ("fusion.pooler",), ("pooler",)),
     ]
-
-
-# ours -> LxmertModel parameter names, per sublayer: (our suffix, their suffix) given the
-# sublayer's attention and output prefixes (LxmertAttention + LxmertAttentionOutput) or its
-# intermediate and output prefixes (LxmertIntermediate + LxmertOutput)
-_LX_SUBLAYER = (("attention.query.", "{att}.query."), ("attention.key.", "{att}.key."),
-                ("attention.value.", "{att}.value."), ("attention.out.", "{out}.dense."),
-                ("norm.", "{out}.LayerNorm."))
-_LX_FFN = (("mlp.fc1.", "{inter}.dense."), ("mlp.fc2.", "{out}.dense."),
-           ("norm.", "{out}.LayerNorm."))
-
-
-def _lxmert_rules() -> list[tuple[str, str]]:
-    rules = [
-        ("visual.embed.feature.", "encoder.visn_fc.visn_fc."),
-        ("visual.embed.feature_norm.", "encoder.visn_fc.visn_layer_norm."),
-        ("visual.embed.location.", "encoder.visn_fc.box_fc."),
-        ("visual.embed.location_norm.", "encoder.visn_fc.box_layer_norm."),
-        ("text.word.", "embeddings.word_embeddings."),
-        ("text.position.", "embeddings.position_embeddings."),
-        ("text.token_type.", "embeddings.token_type_embeddings."),
-        ("text.norm.", "embeddings.LayerNorm."),
-        ("fusion.pooler.text.", "pooler.dense."),
-    ]
-
-    def add(ours: str, table: tuple[tuple[str, str], ...], **theirs: str) -> None:
-        rules.extend((ours + a, b.format(**theirs)) for a, b in table)
-
-    for stream, layers in (("text_stream", "encoder.layer"), ("vision_stream", "encoder.r_layers")):
-        ours = f"fusion.{stream}.layers.{{i}}."
-        add(ours + "attn.", _LX_SUBLAYER, att=f"{layers}.{{i}}.attention.self",
-            out=f"{layers}.{{i}}.attention.output")
-        add(ours + "ffn.", _LX_FFN, inter=f"{layers}.{{i}}.intermediate",
-            out=f"{layers}.{{i}}.output")
-    block, x = "fusion.co_attention.blocks.{i}.", "encoder.x_layers.{i}"
-    add(block + "cross.shared.", _LX_SUBLAYER, att=f"{x}.visual_attention.att",
-        out=f"{x}.visual_attention.output")
-    add(block + "text_self.", _LX_SUBLAYER, att=f"{x}.lang_self_att.self",
-        out=f"{x}.lang_self_att.output")
-    add(block + "vision_self.", _LX_SUBLAYER, att=f"{x}.visn_self_att.self",
-        out=f"{x}.visn_self_att.output")
-    add(block + "text_ffn.", _LX_FFN, inter=f"{x}.lang_inter", out=f"{x}.lang_output")
-    add(block + "vision_ffn.", _LX_FFN, inter=f"{x}.visn_inter", out=f"{x}.visn_output")
-    return rules
-
-
-_LXMERT_RULES = _lxmert_rules()
-
-
-def lxmert_param_name(ours: str) -> str:
-    """Our parameter name -> ``LxmertModel``'s (what a weight loader would use); the finest
-    level of ``submodule_pairs`` for LXMERT. Raises KeyError for a name with no counterpart."""
-    layer = re.match(r"fusion\.\w+\.(?:layers|blocks)\.(\d+)\.", ours)
-    index = layer.group(1) if layer else ""
-    for a, b in _LXMERT_RULES:
-        a, b = a.format(i=index), b.format(i=index)
-        if ours.startswith(a):
-            return b + ours[len(a):]
-    raise KeyError(f"no LxmertModel counterpart for {ours}")
-

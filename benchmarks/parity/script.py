@@ -5,7 +5,9 @@ credible next to an independent implementation of the same architecture. This pa
 place where a preset is translated into the reference's config (one module per family:
 ``vilt_clip``, ``lxmert_visualbert``, ``blip``; ``families`` picks one) and where our submodules
 are paired with theirs (``submodule_pairs``); ``tests/test_parity*.py`` import both, and this
-script prints the comparison at full size:
+script prints the comparison at full size, timing both sides per stage through vlbench's own
+measurement (``vlbench.measure.run_case``: ours as the preset, theirs wrapped in its stage map,
+``architectures.hf``), the same path as ``vlbench run --models vilt-b32,hf-vilt``:
 
     python -m benchmarks.parity [--device auto|cpu|cuda] [--models vilt-b32,clip-vit-b32]
                                 [--repeats N] [--warmup N]
@@ -25,22 +27,26 @@ Weights are random (timing and counts do not depend on them); nothing is downloa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from architectures import Preset, VLModel, build_model
+from architectures.hf import STAGE_MAPS, HFModel
 from feature_extractors import PrecomputedRegionsConfig
+from vlbench.context import ModelIdentity, Subject
+from vlbench.measure import run_case
+from vlbench.options import MeasureOptions, TimingOptions
+from vlbench.results import CaseResult, CaseSpec
 
 from .common import (
-    _median_iqr,
     as_preset,
     count_flops,
     count_params,
     disable_tf32,
     pair_counts,
-    time_interleaved,
     unmapped_by_side,
 )
 from .families import (
@@ -72,8 +78,44 @@ def _describe_input(p: Preset, ours: VLModel) -> str:
     return f"{h}x{w} image"
 
 
+def time_pair(p: Preset, ours: VLModel, theirs: nn.Module, device: torch.device,
+              timing: TimingOptions) -> tuple[CaseResult, CaseResult]:
+    """Both sides measured per stage as a run measures a case, on the same input tensors
+    (``run_case`` rebuilds ours from the preset with the same seed and inputs)."""
+    spec = CaseSpec(model=p.name, batch_size=1, image_size=tuple(p.image_size),
+                    text_len=p.text_len, precision="fp32", device=str(device))
+    options = MeasureOptions(timing=timing)
+    mine = run_case(spec, options)
+    wrapped = HFModel(theirs, STAGE_MAPS.get(type(theirs).__name__), name=f"reference:{p.name}")
+    visual, ids, mask = ours.example_inputs(1, p.image_size, p.text_len, device=device)
+    identity = ModelIdentity(embedder=wrapped.embedder_name, fusion=wrapped.fusion_name,
+                             tokens=ours.num_tokens(p.image_size, p.text_len))
+    subject = Subject(wrapped, reference_inputs(p, visual, ids, mask), tuple(wrapped.stages()),
+                      identity)
+    ref = run_case(dataclasses.replace(spec, model=f"reference:{p.name}"), options,
+                   subject=subject)
+    for side, result in (("ours", mine), ("theirs", ref)):
+        if result.status != "ok":
+            raise RuntimeError(f"{p.name} ({side}): {result.status}: {result.message}")
+    return mine, ref
+
+
+def _stage_lines(mine: CaseResult, ref: CaseResult) -> list[str]:
+    """Per stage, both sides' medians (a stage only one side maps shows '-')."""
+    a = {s.name: s.timing.median_ms for s in mine.stages if s.timing}
+    b = {s.name: s.timing.median_ms for s in ref.stages if s.timing}
+    names = [*a, *(n for n in b if n not in a)]
+    lines = []
+    for n in names:
+        ratio = f"{a[n] / b[n]:13.3f}" if n in a and n in b and b[n] > 0 else ""
+        ms = [f"{side[n]:.2f}" if n in side else "-" for side in (a, b)]
+        lines.append(f"   {n:22}{ms[0]:>10}{ms[1]:>14}{ratio}")
+    return lines
+
+
 def compare(name: str, device: torch.device, repeats: int, warmup: int) -> dict[str, float]:
-    """Print parameters, FLOPs and latency both sides for one preset; return the ratios."""
+    """Print parameters, FLOPs and latency (end to end and per stage) both sides for one
+    preset; return the ratios."""
     p = as_preset(name)
     ours, theirs = build_pair(p, device)
     pairs = submodule_pairs(p)
@@ -82,20 +124,14 @@ def compare(name: str, device: torch.device, repeats: int, warmup: int) -> dict[
     po, pt = count_params(ours), count_params(theirs)
     visual, ids, mask = ours.example_inputs(1, p.image_size, p.text_len, device=device)
     kwargs = reference_inputs(p, visual, ids, mask)
-
-    def run_ours() -> object:
-        return ours(visual, ids, mask)
-
-    def run_theirs() -> object:
-        return theirs(**kwargs)
-
     with torch.inference_mode():
-        fo, _ = count_flops(run_ours)
-        ft, _ = count_flops(run_theirs)
-        to, tt = time_interleaved(run_ours, run_theirs, device, repeats=repeats, warmup=warmup)
-    mo, io = _median_iqr(to)
-    mt, it = _median_iqr(tt)
-    attn = getattr(getattr(theirs, "config", None), "_attn_implementation", None)
+        fo, _ = count_flops(lambda: ours(visual, ids, mask))
+        ft, _ = count_flops(lambda: theirs(**kwargs))
+    timing = TimingOptions(warmup=warmup, min_repeats=repeats, max_repeats=max(repeats, 500),
+                           min_time_s=0.0)
+    mine, ref = time_pair(p, ours, theirs, device, timing)
+    mo, mt = mine.end_to_end.median_ms, ref.end_to_end.median_ms
+    attn = ref.settings.get("attn_implementation")
     print(f"== {name}  ({_describe_input(p, ours)}, {p.text_len} text tokens, batch 1, fp32, "
           f"{device})")
     print(f"   reference: transformers {type(theirs).__name__}"
@@ -104,7 +140,10 @@ def compare(name: str, device: torch.device, repeats: int, warmup: int) -> dict[
     print(f"   {'params (M)':14}{po / 1e6:14.3f}{pt / 1e6:14.3f}{po / pt:13.4f}")
     print(f"   {'GFLOPs':14}{fo / 1e9:14.3f}{ft / 1e9:14.3f}{fo / ft:13.4f}")
     print(f"   {'median ms':14}{mo:14.2f}{mt:14.2f}{mo / mt:13.3f}"
-          f"   (IQR {io:.2f} / {it:.2f} ms, n={repeats})")
+          f"   (IQR {mine.end_to_end.iqr_ms:.2f} / {ref.end_to_end.iqr_ms:.2f} ms, "
+          f"n={mine.end_to_end.n} / {ref.end_to_end.n})")
+    print(f"   {'stage (ms)':22}{'ours':>10}{'theirs':>14}{'ours/theirs':>13}")
+    print("\n".join(_stage_lines(mine, ref)))
     if bad:
         for lbl, a, b in bad:
             print(f"   MISMATCH {lbl}: ours {a} vs theirs {b}")

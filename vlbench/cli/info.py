@@ -6,7 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from architectures import FUSIONS, PRESETS, pair_matrix, resolve_preset
+from architectures import FUSIONS, HF_PRESETS, PRESETS, pair_matrix, resolve_preset
+from architectures.hf import STAGE_MAPS
 from feature_extractors import EMBEDDERS
 
 from ..profile import profile_model
@@ -32,6 +33,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{name:<18} {FUSIONS.get(name).description}")
     elif args.what == "pairs":
         _print_pairs()
+    elif args.what == "hf":
+        _print_hf()
     else:
         for name in builtin_suites():
             print(f"{name:<10} {load_suite(name).description}")
@@ -55,6 +58,18 @@ def _print_pairs() -> None:
     for prefix, about in EMBEDDERS.families().items():
         print(f"{prefix}:<name> is an embedder too ({about}): "
               f"'vlbench run --compose {prefix}:eva02_base_patch14_224+dual-encoder'")
+
+
+def _print_hf() -> None:
+    """The hf- presets (transformers' own classes) and the classes that have a stage map."""
+    for name in HF_PRESETS:
+        p = HF_PRESETS.get(name)
+        h, w = p.image_size
+        twin = f" (input of {p.twin})" if p.twin else ""
+        print(f"{name:<24} {h}x{w} + {p.text_len} text{twin}  {p.description}")
+    print(f"\nstage maps (transformers classes): {', '.join(STAGE_MAPS.names())}")
+    print("--hf-dir PATH builds an hf- model from a save_pretrained directory; a plugin adds a "
+          "class with architectures.hf.register_stage_map")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -83,5 +98,6 @@ def _profile_lines(profile: dict[str, Any]) -> list[str]:
     lines.append(f"{'total':<24} {'':<16} {profile['params_total'] / 1e6:>11.2f} "
                  f"{profile['flops_total'] / 1e9:>10.2f}")
     if profile["profiled_on"] != "meta":
-        lines.append("data-dependent stages (host_sync): profiled by one forward on the CPU")
+        lines.append("profiled by one forward on the CPU (data-dependent stages (host_sync), or "
+                     "a transformers model)")
     return lines

@@ -53,7 +53,7 @@ def _list(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> N
     p = sub.add_parser("list", parents=[plugin],
                        help="list models, embedders, fusion schemes or suites")
     p.add_argument("what", nargs="?", default="models",
-                   choices=["models", "embedders", "fusions", "pairs", "suites"])
+                   choices=["models", "embedders", "fusions", "pairs", "suites", "hf"])
 
 
 def _run(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from architectures import resolve_preset
+from architectures import check_sources, resolve_preset
 
 from ..compiled import check_backend
 from ..contention import advice
@@ -73,6 +73,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     rounds = plan.rounds or 1
     check_rounds(rounds, options.launch)
     cases = expand_rounds(suite.cases(device), rounds, interleaved=options.launch.interleaved)
+    measure = options.measure
+    # --hf-dir / --weights that do not fit a model are refused here, before the store is touched
+    check_sources([resolve_preset(m) for m in dict.fromkeys(c.model for c in cases)],
+                  head=measure.head, hf_dir=measure.hf_dir, weights=measure.weights)
     with open_store(args.db) as store:  # a bad --db is bad input before the machine is looked at
         load = machine_before(torch.get_num_threads(), require_quiet=plan.require_quiet)
         if load is not None and load.busy and plan.require_quiet:

@@ -123,8 +123,13 @@ def measure_from(args: argparse.Namespace, timing: TimingOptions) -> MeasureOpti
     return MeasureOptions(
         timing=timing, head=args.head, seed=0 if args.seed is None else args.seed,
         compile_backend=args.compile_backend or None,
-        trace_dir=str(Path(args.trace_dir).resolve()) if args.trace_dir else None,
-        nvtx=args.nvtx)
+        trace_dir=_absolute(args.trace_dir),
+        nvtx=args.nvtx, hf_dir=_absolute(args.hf_dir), weights=_absolute(args.weights))
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path flag made absolute: workers and a resume read it from anywhere."""
+    return str(Path(path).resolve()) if path else None
 
 
 def launch_from(args: argparse.Namespace, device: str, threads: int) -> LaunchOptions:
