@@ -60,14 +60,16 @@ def test_res5_head_parameter_counts():
     with torch.device("meta"):
         head = Res5BoxHead()
         with_attrs = Res5BoxHead(attributes=True)
-    p = head.predictors
+    p = head.predictor
+    # background boxes too: BUTD's test.prototxt has bbox_pred 6404 = 4 x 1601
     assert n_params(p.cls_score) == 2048 * 1601 + 1601 == 3_280_449
     assert n_params(p.bbox_pred) == 2048 * 6404 + 6404 == 13_121_796
     assert n_params(head.res5) == 14_964_736  # R101 res5 incl. BatchNorm affine
     assert n_params(head) == 31_366_981
-    assert p.cls_embed is None
-    a = with_attrs.predictors
-    attr_params = n_params(a.cls_embed) + n_params(a.fc_attr) + n_params(a.attr_score)
+    assert head.attributes is None
+    assert head.substages == {"predictor": "region_ops"}
+    a = with_attrs.attributes
+    attr_params = n_params(a.cls_embedding) + n_params(a.fc_attr) + n_params(a.attr_score)
     assert attr_params == 1601 * 256 + (2304 * 512 + 512) + (512 * 401 + 401) == 1_795_729
     assert n_params(with_attrs) == 31_366_981 + 1_795_729
 
@@ -149,7 +151,7 @@ def test_fpn_rpn_takes_a_feature_dict_and_clips_to_each_image():
 
 
 def test_roi_align_pooler_shape_and_pinned_sampling():
-    pooler = RoIPooler()
+    pooler = RoIPooler(kind="align")
     assert isinstance(pooler.op, RoIAlign)
     assert pooler.op.sampling_ratio == 2
     assert pooler.op.aligned is False
@@ -162,7 +164,8 @@ def test_roi_align_pooler_shape_and_pinned_sampling():
     assert pooler(features, proposals).shape == (3, 4, 14, 14)
 
 
-def test_roi_pool_variant():
+def test_roi_pool_variant_is_the_default():
+    assert isinstance(RoIPooler().op, RoIPool)  # BUTD's Caffe RoIPool
     pooler = RoIPooler(kind="pool", output_size=7)
     assert isinstance(pooler.op, RoIPool)
     out = pooler(torch.randn(1, 4, 10, 12), [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])
@@ -216,13 +219,13 @@ def test_res5_head_outputs(res5_head):
 
 
 def test_attribute_head_is_fed_each_boxs_argmax_class(res5_head):
-    p = res5_head.predictors
+    a = res5_head.attributes
     features = torch.randn(3, 2048)
     with torch.no_grad():
-        out = p(features)
-        embed = p.cls_embed(out.class_probs.argmax(-1))
-        x = torch.relu(p.fc_attr(torch.cat([features, embed], -1)))
-        expected = torch.softmax(p.attr_score(x), -1)
+        out = res5_head._predict(features)
+        embed = a.cls_embedding(out.class_probs.argmax(-1))
+        x = torch.relu(a.fc_attr(torch.cat([features, embed], -1)))
+        expected = torch.softmax(a.attr_score(x), -1)
     torch.testing.assert_close(out.attribute_probs, expected)
 
 
@@ -262,4 +265,4 @@ def test_mlp_head_full_size_is_torchvision_two_mlp_at_width_2048():
         narrow = MLPBoxHead(representation=1024)
     assert head.fc6.in_features == 256 * 7 * 7
     assert n_params(head.fc6) + n_params(head.fc7) == 12544 * 2048 + 2048 + 2048 * 2048 + 2048
-    assert narrow.predictors.cls_score.in_features == 1024
+    assert narrow.predictor.cls_score.in_features == 1024
