@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import RoIAlign, RoIPool
 
+from feature_extractors.region.backbone import ResNetC4
 from feature_extractors.region.box_head import BoxHeadOutput, MLPBoxHead, Res5BoxHead
 from feature_extractors.region.roi import MultiScaleRoIPooler, RoIPooler
 from feature_extractors.region.rpn import RPN, BUTDRPNHead, build_rpn
@@ -266,3 +267,27 @@ def test_mlp_head_full_size_is_torchvision_two_mlp_at_width_2048():
     assert head.fc6.in_features == 256 * 7 * 7
     assert n_params(head.fc6) + n_params(head.fc7) == 12544 * 2048 + 2048 + 2048 * 2048 + 2048
     assert narrow.predictor.cls_score.in_features == 1024
+
+
+# --- the trunk is the Caffe model's ---------------------------------------------------------------
+
+
+def test_msra_c4_trunk_strides_in_the_1x1_and_pools_as_caffe():
+    """BUTD's test.prototxt: res3a_branch2a (1x1) has stride 2, pool1 has no padding and Caffe
+    rounds up; torchvision strides in the 3x3 and pads the pool (334 columns at 1333 wide)."""
+    with torch.device("meta"):
+        c4 = ResNetC4(name="r101")
+        x152 = ResNetC4(name="x152-32x8d")
+        stem = c4.maxpool(c4.conv1(torch.empty(1, 3, 800, 1333)))
+        with FlopCounterMode(display=False) as counter:
+            out = c4(torch.empty(1, 3, 800, 1333))
+    assert stem.shape[-2:] == (200, 333)
+    assert c4.maxpool.ceil_mode and c4.maxpool.padding == 0
+    for stage in (c4.layer2, c4.layer3):
+        assert stage[0].conv1.stride == (2, 2) and stage[0].conv2.stride == (1, 1)
+    for stage in (x152.layer2, x152.layer3):  # FB's ResNeXt: in the 3x3, as torchvision
+        assert stage[0].conv1.stride == (1, 1) and stage[0].conv2.stride == (2, 2)
+    assert x152.maxpool.padding == 1 and not x152.maxpool.ceil_mode
+    assert out.shape == (1, 1024, 50, 84)
+    # torchvision's placement costs 299,576,524,800 at 800x1344 (the old padded input)
+    assert counter.get_total_flops() == 292_434_790_400
