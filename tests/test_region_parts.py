@@ -80,11 +80,11 @@ def test_res5_head_parameter_counts():
 
 @pytest.mark.parametrize("post_nms_top_n", [300, 100])
 def test_rpn_delivers_the_configured_proposals_on_a_realistic_map(post_nms_top_n):
-    """An 800x1333 image (padded to 1344) gives a 50x84 res4 map; random weights must not starve
-    the box head (DESIGN.md, Traps)."""
+    """An 800x1333 image (a C4 detector pads nothing) gives a 50x84 res4 map; random weights
+    must not starve the box head (DESIGN.md, Traps)."""
     torch.manual_seed(0)
     rpn = RPN(network=build_rpn(post_nms_top_n=post_nms_top_n)).eval()
-    images = blank_images(1, (800, 1344), [(800, 1333)])
+    images = blank_images(1, (800, 1333), [(800, 1333)])
     features = torch.randn(1, 1024, 50, 84, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         (boxes,) = rpn(images, features)
