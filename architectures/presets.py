@@ -107,8 +107,8 @@ def _bert_single_stream(name: str, *, visual: Any, bert: tuple[int, int, int, in
 
 
 # "800x1333" is a resize bound (shorter side 800, longer at most 1333). The tensor timed is the
-# bound itself, 800x1333 (aspect 5:3, the same as ViLT's 384x640), padded to 800x1344 for the
-# detector's stride as detectron pads to 32.
+# bound itself, 800x1333 (aspect 5:3, the same as ViLT's 384x640), unpadded for a C4 detector
+# (detectron2 pads only FPN inputs, to 32: VisualBERT's X152-FPN sees 800x1344).
 register_pair(
     _bert_single_stream(
         "uniter-base", visual=RegionFeaturesConfig(location_dims=7, width=768), bert=BERT_BASE,

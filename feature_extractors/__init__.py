@@ -17,6 +17,13 @@ from torch import nn
 from .embedder import EmbedderSpec, check_visual_input, example_visual_input, image_tokens
 from .grid import ResNetGrid, ResNetGridConfig, canonical_grid
 from .patch import PatchProjection, PatchProjectionConfig, canonical_patch
+from .region.detectron2 import (
+    Detectron2Regions,
+    Detectron2RegionsConfig,
+    canonical_region_d2,
+    detectron2_available,
+    require_detectron2,
+)
 from .region.extractor import (
     TINY_REGIONS,
     PrecomputedRegions,
@@ -60,6 +67,13 @@ EMBEDDERS.register("grid", EmbedderSpec(
 EMBEDDERS.register("region", EmbedderSpec(
     "region", "visual", StageKind.REGION, RegionFeaturesConfig, RegionFeatures,
     "Faster R-CNN region features (bottom-up attention: RPN, RoIAlign, NMS)", canonical_region))
+# detectron2 is optional (not on PyPI): its backend is listed only where it is installed, so
+# every registered embedder builds (architectures.backends.with_region_backend says how to get it)
+if detectron2_available():
+    EMBEDDERS.register("region-d2", EmbedderSpec(
+        "region-d2", "visual", StageKind.REGION, Detectron2RegionsConfig, Detectron2Regions,
+        "the same region features on detectron2's modules (or a user's detectron2 config)",
+        canonical_region_d2))
 EMBEDDERS.register("precomputed", EmbedderSpec(
     "precomputed", "visual", StageKind.PRECOMPUTED, PrecomputedRegionsConfig, PrecomputedRegions,
     "region features computed offline (no detector)", canonical_precomputed))
@@ -108,6 +122,8 @@ __all__ = [
     "BertTextEmbedding",
     "ClipTextConfig",
     "ClipTextEmbedding",
+    "Detectron2Regions",
+    "Detectron2RegionsConfig",
     "EmbedderSpec",
     "ImageBatch",
     "PatchProjection",
@@ -131,8 +147,10 @@ __all__ = [
     "build_embedder",
     "check_visual_input",
     "declared_stages",
+    "detectron2_available",
     "example_visual_input",
     "image_tokens",
+    "require_detectron2",
     "spec_for_config",
     "stage_kind",
     "stage_paths",

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torchvision.models.detection.image_list import ImageList
 
 from architectures import PRESETS, build_model
 from feature_extractors import (
@@ -15,6 +16,7 @@ from feature_extractors import (
     RegionFeaturesConfig,
     build_embedder,
 )
+from feature_extractors.region.rpn import build_rpn
 from vlbench.measure import run_case
 from vlbench.options import MeasureOptions
 from vlbench.results import CaseSpec
@@ -53,11 +55,16 @@ def test_stage_names_and_kinds():
     c4 = build_model("uniter-base-tiny")
     kinds = {s.name: s.kind for s in c4.stages()}
     assert {n for n in kinds if n.startswith("visual.")} == {
-        "visual.backbone", "visual.rpn", "visual.roi_pool", "visual.box_head", "visual.nms",
-        "visual.select", "visual.embed"}
+        "visual.backbone", "visual.rpn", "visual.roi_pool", "visual.box_head",
+        "visual.box_head.predictor", "visual.nms", "visual.select", "visual.embed"}
     assert kinds["visual.backbone"] == "backbone"
-    assert {kinds[f"visual.{n}"] for n in ("rpn", "roi_pool", "box_head", "nms", "select")} == {
-        "region_ops"}
+    assert {kinds[f"visual.{n}"] for n in ("rpn", "roi_pool", "box_head", "box_head.predictor",
+                                            "nms", "select")} == {"region_ops"}
+    parents = {s.name: s.parent for s in c4.stages()}
+    assert parents["visual.box_head.predictor"] == "visual.box_head"
+    with_attributes = _tiny(attributes=True)
+    assert with_attributes.box_head.substages == {"predictor": "region_ops",
+                                                  "attributes": "region_ops"}
     sync = {s.name for s in c4.stages() if s.host_sync}
     assert {"visual", "visual.rpn", "visual.nms"} <= sync
     assert "visual.select" not in sync  # fixed count: static shapes
@@ -113,9 +120,9 @@ def test_full_size_parameter_counts_on_meta():
         region = build_embedder(RegionFeaturesConfig())
     conv = region.rpn.network.head.conv
     assert sum(p.numel() for p in conv.parameters()) == 4_719_104  # 1024*512*9 + 512
-    predictors = region.box_head.predictors
-    assert sum(p.numel() for p in predictors.cls_score.parameters()) == 3_280_449
-    assert sum(p.numel() for p in predictors.bbox_pred.parameters()) == 13_121_796
+    predictor = region.box_head.predictor
+    assert sum(p.numel() for p in predictor.cls_score.parameters()) == 3_280_449
+    assert sum(p.numel() for p in predictor.bbox_pred.parameters()) == 13_121_796
     with torch.device("meta"):
         uniter = build_model("uniter-base")
     total = sum(p.numel() for p in uniter.parameters())
@@ -167,8 +174,24 @@ def test_case_records_the_region_workload():
     assert r.settings["visual_input_shape"] == [1, 3, 128, 160]  # already a multiple of 32
 
 
-def test_detector_input_is_padded_to_its_stride_and_recorded():
+def test_detector_input_is_padded_as_detectron2_pads():
+    """C4: no padding (detectron2's ResNet has size_divisibility 0; the README's old "pads to
+    32" was FPN's rule); FPN: to 32, so every pyramid level halves exactly."""
     model = build_model("uniter-base-tiny")
     images, _, _ = model.example_inputs(1, (100, 150), 8)
     assert images.image_sizes == ((100, 150),)
-    assert tuple(images.tensor.shape[-2:]) == (128, 160)  # detectron pads to 32
+    assert tuple(images.tensor.shape[-2:]) == (100, 150)
+    fpn = build_model("visualbert-tiny")
+    images, _, _ = fpn.example_inputs(1, (100, 150), 8)
+    assert images.image_sizes == ((100, 150),)
+    assert tuple(images.tensor.shape[-2:]) == (128, 160)
+
+
+def test_c4_anchors_lie_at_stride_16_on_an_unpadded_image():
+    """torchvision would take 1333 // 84 = 15 as the stride of an unpadded 800x1333 image."""
+    gen = build_rpn().anchor_generator
+    feature = torch.empty(1, 1024, 50, 84)
+    (anchors,) = gen(ImageList(torch.empty(1, 3, 800, 1333), [(800, 1333)]), [feature])
+    centres = (anchors[:, 0] + anchors[:, 2]) / 2  # (50 * 84 * 12,)
+    assert anchors.shape == (50 * 84 * 12, 4)
+    assert centres.max().item() == pytest.approx(83 * 16, abs=0.5)

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import RoIAlign, RoIPool
 
+from feature_extractors.region.backbone import ResNetC4
 from feature_extractors.region.box_head import BoxHeadOutput, MLPBoxHead, Res5BoxHead
 from feature_extractors.region.roi import MultiScaleRoIPooler, RoIPooler
 from feature_extractors.region.rpn import RPN, BUTDRPNHead, build_rpn
@@ -60,14 +61,16 @@ def test_res5_head_parameter_counts():
     with torch.device("meta"):
         head = Res5BoxHead()
         with_attrs = Res5BoxHead(attributes=True)
-    p = head.predictors
+    p = head.predictor
+    # background boxes too: BUTD's test.prototxt has bbox_pred 6404 = 4 x 1601
     assert n_params(p.cls_score) == 2048 * 1601 + 1601 == 3_280_449
     assert n_params(p.bbox_pred) == 2048 * 6404 + 6404 == 13_121_796
     assert n_params(head.res5) == 14_964_736  # R101 res5 incl. BatchNorm affine
     assert n_params(head) == 31_366_981
-    assert p.cls_embed is None
-    a = with_attrs.predictors
-    attr_params = n_params(a.cls_embed) + n_params(a.fc_attr) + n_params(a.attr_score)
+    assert head.attributes is None
+    assert head.substages == {"predictor": "region_ops"}
+    a = with_attrs.attributes
+    attr_params = n_params(a.cls_embedding) + n_params(a.fc_attr) + n_params(a.attr_score)
     assert attr_params == 1601 * 256 + (2304 * 512 + 512) + (512 * 401 + 401) == 1_795_729
     assert n_params(with_attrs) == 31_366_981 + 1_795_729
 
@@ -77,11 +80,11 @@ def test_res5_head_parameter_counts():
 
 @pytest.mark.parametrize("post_nms_top_n", [300, 100])
 def test_rpn_delivers_the_configured_proposals_on_a_realistic_map(post_nms_top_n):
-    """An 800x1333 image (padded to 1344) gives a 50x84 res4 map; random weights must not starve
-    the box head (DESIGN.md, Traps)."""
+    """An 800x1333 image (a C4 detector pads nothing) gives a 50x84 res4 map; random weights
+    must not starve the box head (DESIGN.md, Traps)."""
     torch.manual_seed(0)
     rpn = RPN(network=build_rpn(post_nms_top_n=post_nms_top_n)).eval()
-    images = blank_images(1, (800, 1344), [(800, 1333)])
+    images = blank_images(1, (800, 1333), [(800, 1333)])
     features = torch.randn(1, 1024, 50, 84, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         (boxes,) = rpn(images, features)
@@ -149,7 +152,7 @@ def test_fpn_rpn_takes_a_feature_dict_and_clips_to_each_image():
 
 
 def test_roi_align_pooler_shape_and_pinned_sampling():
-    pooler = RoIPooler()
+    pooler = RoIPooler(kind="align")
     assert isinstance(pooler.op, RoIAlign)
     assert pooler.op.sampling_ratio == 2
     assert pooler.op.aligned is False
@@ -162,7 +165,8 @@ def test_roi_align_pooler_shape_and_pinned_sampling():
     assert pooler(features, proposals).shape == (3, 4, 14, 14)
 
 
-def test_roi_pool_variant():
+def test_roi_pool_variant_is_the_default():
+    assert isinstance(RoIPooler().op, RoIPool)  # BUTD's Caffe RoIPool
     pooler = RoIPooler(kind="pool", output_size=7)
     assert isinstance(pooler.op, RoIPool)
     out = pooler(torch.randn(1, 4, 10, 12), [torch.tensor([[0.0, 0.0, 64.0, 64.0]])])
@@ -216,13 +220,13 @@ def test_res5_head_outputs(res5_head):
 
 
 def test_attribute_head_is_fed_each_boxs_argmax_class(res5_head):
-    p = res5_head.predictors
+    a = res5_head.attributes
     features = torch.randn(3, 2048)
     with torch.no_grad():
-        out = p(features)
-        embed = p.cls_embed(out.class_probs.argmax(-1))
-        x = torch.relu(p.fc_attr(torch.cat([features, embed], -1)))
-        expected = torch.softmax(p.attr_score(x), -1)
+        out = res5_head._predict(features)
+        embed = a.cls_embedding(out.class_probs.argmax(-1))
+        x = torch.relu(a.fc_attr(torch.cat([features, embed], -1)))
+        expected = torch.softmax(a.attr_score(x), -1)
     torch.testing.assert_close(out.attribute_probs, expected)
 
 
@@ -262,4 +266,28 @@ def test_mlp_head_full_size_is_torchvision_two_mlp_at_width_2048():
         narrow = MLPBoxHead(representation=1024)
     assert head.fc6.in_features == 256 * 7 * 7
     assert n_params(head.fc6) + n_params(head.fc7) == 12544 * 2048 + 2048 + 2048 * 2048 + 2048
-    assert narrow.predictors.cls_score.in_features == 1024
+    assert narrow.predictor.cls_score.in_features == 1024
+
+
+# --- the trunk is the Caffe model's ---------------------------------------------------------------
+
+
+def test_msra_c4_trunk_strides_in_the_1x1_and_pools_as_caffe():
+    """BUTD's test.prototxt: res3a_branch2a (1x1) has stride 2, pool1 has no padding and Caffe
+    rounds up; torchvision strides in the 3x3 and pads the pool (334 columns at 1333 wide)."""
+    with torch.device("meta"):
+        c4 = ResNetC4(name="r101")
+        x152 = ResNetC4(name="x152-32x8d")
+        stem = c4.maxpool(c4.conv1(torch.empty(1, 3, 800, 1333)))
+        with FlopCounterMode(display=False) as counter:
+            out = c4(torch.empty(1, 3, 800, 1333))
+    assert stem.shape[-2:] == (200, 333)
+    assert c4.maxpool.ceil_mode and c4.maxpool.padding == 0
+    for stage in (c4.layer2, c4.layer3):
+        assert stage[0].conv1.stride == (2, 2) and stage[0].conv2.stride == (1, 1)
+    for stage in (x152.layer2, x152.layer3):  # FB's ResNeXt: in the 3x3, as torchvision
+        assert stage[0].conv1.stride == (1, 1) and stage[0].conv2.stride == (2, 2)
+    assert x152.maxpool.padding == 1 and not x152.maxpool.ceil_mode
+    assert out.shape == (1, 1024, 50, 84)
+    # torchvision's placement costs 299,576,524,800 at 800x1344 (the old padded input)
+    assert counter.get_total_flops() == 292_434_790_400

@@ -10,6 +10,13 @@ last BatchNorm gamma of every bottleneck to zero, so in eval mode each residual 
 exactly zero and the signal only passes the stem and the projection shortcuts: measured at
 128x128, res4 of r101 peaks at ~0.7 (std ~0.09) instead of ~6e4. The convolutions still run in
 full, so latency and FLOPs are those of the real network.
+
+Faithful to the detectors' own trunks, not torchvision's: the MSRA ResNets (``MSRA``: the Caffe
+R-50/R-101 that bottom-up attention and detectron's R-50/R-101 models start from) put a stage's
+stride in the first 1x1 conv (detectron2's ``STRIDE_IN_1X1``), where torchvision puts it in the
+3x3 (R101 to res4 at 800x1344: 293.0 against 299.6 GFLOPs); the ResNeXts put it in the 3x3 as
+torchvision does. The C4 trunk of an MSRA model pools its stem as Caffe does (kernel 3, stride 2,
+no padding, rounding up: 333 columns at 1333 wide, where torchvision's padded pool gives 334).
 """
 
 from __future__ import annotations
@@ -33,6 +40,20 @@ RESNETS: dict[str, tuple[list[int], int, int]] = {
 }
 
 
+#: Caffe-trained MSRA ResNets: stride in the 1x1 conv, Caffe's stem pooling in a C4 detector
+MSRA = frozenset({"r50", "r101", "tiny"})
+
+
+def stride_in_1x1(name: str) -> bool:
+    """Whether trunk ``name`` strides in its first 1x1 conv (MSRA) rather than the 3x3."""
+    return name in MSRA
+
+
+def caffe_max_pool() -> nn.MaxPool2d:
+    """Caffe's stem pooling: no padding, output size rounded up (BUTD's ``pool1``)."""
+    return nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+
+
 def _spec(name: str) -> tuple[list[int], int, int]:
     try:
         return RESNETS[name]
@@ -41,7 +62,8 @@ def _spec(name: str) -> tuple[list[int], int, int]:
         raise ValueError(f"unknown backbone {name!r}; valid: {valid}") from None
 
 
-def _resnet(layers: list[int], groups: int, width: int, dilate_res5: bool) -> ResNet:
+def _resnet(layers: list[int], groups: int, width: int, dilate_res5: bool,
+            stride_1x1: bool = False) -> ResNet:
     net = ResNet(
         Bottleneck,
         layers,
@@ -57,17 +79,23 @@ def _resnet(layers: list[int], groups: int, width: int, dilate_res5: bool) -> Re
         first.conv2.dilation = (2, 2)
         first.conv2.padding = (2, 2)
         assert first.downsample is not None and first.downsample[0].stride == (1, 1)
+    if stride_1x1:
+        for stage in (net.layer2, net.layer3, net.layer4):
+            first = stage[0]
+            if first.conv2.stride != (1, 1):  # move the stride to the 1x1 (MSRA, Caffe)
+                first.conv1.stride, first.conv2.stride = first.conv2.stride, (1, 1)
     return net
 
 
-def build_resnet(name: str, *, dilate_res5: bool = False) -> ResNet:
+def build_resnet(name: str, *, dilate_res5: bool = False, stride_1x1: bool = False) -> ResNet:
     """A random-initialised torchvision ResNet/ResNeXt by name (``RESNETS``).
 
     ``dilate_res5`` runs res5 at stride 1 with every 3x3 conv at dilation 2 (the bottom-up
-    attention box head) instead of stride 2.
+    attention box head) instead of stride 2. ``stride_1x1`` strides in each stage's first 1x1
+    conv, as the MSRA Caffe models do (torchvision: in the 3x3; the grid embedder keeps that).
     """
     layers, groups, width = _spec(name)
-    return _resnet(layers, groups, width, dilate_res5)
+    return _resnet(layers, groups, width, dilate_res5, stride_1x1)
 
 
 def res5_from(name: str, *, dilated: bool) -> nn.Sequential:
@@ -80,13 +108,14 @@ def res5_from(name: str, *, dilated: bool) -> nn.Sequential:
     builds the trunk separately.
     """
     layers, groups, width = _spec(name)
-    return _resnet([1, 1, 1, layers[3]], groups, width, dilated).layer4
+    return _resnet([1, 1, 1, layers[3]], groups, width, dilated, stride_in_1x1(name)).layer4
 
 
 class ResNetC4(nn.Module):
     """The trunk through res4 (stem + layer1..layer3): the C4 detector's RPN and RoI input.
 
-    (B, 3, H, W) -> (B, 1024, H/16, W/16).
+    (B, 3, H, W) -> (B, 1024, ~H/16, ~W/16), each stride-2 step rounding up: 800x1333 -> 50x84
+    (the MSRA trunk's Caffe pool gives 333 columns where torchvision's gives 334; both 84 at res4).
     """
 
     out_channels = 1024
@@ -94,11 +123,11 @@ class ResNetC4(nn.Module):
 
     def __init__(self, *, name: str) -> None:
         super().__init__()
-        net = build_resnet(name)
+        net = build_resnet(name, stride_1x1=stride_in_1x1(name))
         self.conv1 = net.conv1
         self.bn1 = net.bn1
         self.relu = net.relu
-        self.maxpool = net.maxpool
+        self.maxpool = caffe_max_pool() if name in MSRA else net.maxpool
         self.layer1 = net.layer1
         self.layer2 = net.layer2
         self.layer3 = net.layer3
@@ -123,7 +152,7 @@ class ResNetFPN(nn.Module):
 
     def __init__(self, *, name: str) -> None:
         super().__init__()
-        net = build_resnet(name)
+        net = build_resnet(name, stride_1x1=stride_in_1x1(name))  # stem pooling: padded
         self.body = IntermediateLayerGetter(
             net, return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
         )

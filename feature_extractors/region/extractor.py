@@ -3,13 +3,17 @@
 backbone -> (fpn) -> rpn -> roi_pool -> box_head -> nms -> select -> embed. Each part is a
 submodule, so the harness times, counts and reports it under its own name (``visual.rpn``,
 ``visual.nms``, ...). Defaults are bottom-up attention's (Anderson et al. 2018): ResNet-101 C4,
-12 anchors, 6000 -> NMS 0.7 -> 300 proposals, 14x14 RoIAlign, res5 head at stride 1, 1601
-classes, per-class NMS at 0.3 over all 1600 classes, 36 boxes.
+12 anchors, 6000 -> NMS 0.7 -> 300 proposals, 14x14 RoIPool, res5 head at stride 1, 1601
+classes, per-class NMS at 0.3 over all 1600 classes, 36 boxes. The trunk is the Caffe model's
+(stride in the 1x1 convs, Caffe's stem pooling: ``backbone.py``) and a C4 detector pads nothing,
+as detectron2's C4 models (``size_divisibility`` 0; FPN pads to 32): an 800x1333 image is timed
+at 800x1333, not 800x1344.
 
 Faithful by construction with random weights: the trunk is initialised so activations stay
-bounded (the RPN then proposes the configured 300 boxes rather than none), RoIAlign uses a pinned
-sampling ratio, and NMS runs for every class whatever the scores, so the work done is what a
-trained model does, not what random scores happen to allow. ``last_workload`` records it.
+bounded (the RPN then proposes the configured 300 boxes rather than none), RoIAlign (when chosen)
+uses a pinned sampling ratio, and NMS runs for every class whatever the scores, so the work done
+is what a trained model does, not what random scores happen to allow. ``last_workload`` records
+it. ``detectron2.py`` builds the same detector from detectron2's modules.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ class RegionFeaturesConfig:
 
     backbone: str = "r101"  # r50 | r101 | x152-32x8d | x152-32x4d
     head: str = "c4"  # c4: res5 box head on 14x14 RoIs; fpn: multi-scale 7x7 RoIs + MLP head
-    roi: str = "align"  # align | pool (the original Caffe RoIPool)
+    roi: str = "pool"  # pool (BUTD's Caffe RoIPool) | align (RoIAlign v1, the later ports)
     nms: str = "per-class"  # per-class (BUTD) | class-agnostic (VinVL)
     num_classes: int = 1601  # 1600 Visual Genome classes + background
     attributes: bool = False
@@ -151,59 +155,43 @@ def region_tokens(embed: RegionEmbedding, features: Tensor, boxes: Tensor, mask:
     return Tokens(embed(features, locations), mask, boxes)
 
 
-class RegionFeatures(nn.Module):
-    """Images -> region tokens (B, K, width) with their boxes, through a random Faster R-CNN."""
+class RegionDetector(nn.Module):
+    """What every region-feature detector shares once its parts are built: the stages after the
+    box head (NMS, box selection, region embedding), the stage declaration and the forward.
 
-    size_divisibility = 32  # pad images so anchors line up with the stride (detectron)
+    A subclass builds ``backbone`` (tensor -> features), ``fpn`` (or None), ``rpn`` ((images,
+    features) -> one (R_i, 4) per image), ``roi_pool`` ((features, proposals[, image sizes]) ->
+    (sum R_i, C, S, S)) and ``box_head`` (pooled -> ``BoxHeadOutput``, background at class 0),
+    then calls ``_finish``. ``RegionFeatures`` builds them from torchvision parts,
+    ``Detectron2Regions`` from detectron2's.
+    """
 
-    def __init__(
-        self, *, backbone: str, head: str, roi: str, nms: str, num_classes: int,
-        attributes: bool, pre_nms_top_n: int, post_nms_top_n: int, rpn_nms_threshold: float,
-        min_box_size: float, nms_threshold: float, roi_size: int, selection: str,
-        num_boxes: int, min_boxes: int, max_boxes: int, conf_threshold: float,
-        location_dims: int, width: int, embedding: str, global_token: bool,
-    ) -> None:
-        super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"unknown RoI head {head!r}; valid: {', '.join(HEADS)}")
+    def _finish(self, *, head: str, nms: str, nms_threshold: float, selection: str,
+                num_boxes: int, min_boxes: int, max_boxes: int, conf_threshold: float,
+                post_nms_top_n: int, location_dims: int, width: int, embedding: str,
+                global_token: bool, feature_dim: int, size_divisibility: int) -> None:
         if nms not in NMS_KINDS:
             raise ValueError(f"unknown NMS kind {nms!r}; valid: {', '.join(NMS_KINDS)}")
         if selection == "fixed" and num_boxes > post_nms_top_n:
             raise ValueError(f"fixed box count {num_boxes} exceeds the {post_nms_top_n} "
                              "proposals the RPN keeps")
         self.out_dim = width
+        self.size_divisibility = size_divisibility
         self.min_image_side = smallest_anchor(head)
         self.location_dims = location_dims
         self.global_token = global_token
         self.fixed = selection == "fixed"
         self.num_boxes = num_boxes
         self.max_boxes = max_boxes
-        self.fpn: nn.Module | None = None
-        rpn_settings = dict(pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
-                            nms_thresh=rpn_nms_threshold, min_size=min_box_size)
-        if head == "c4":
-            self.backbone: nn.Module = ResNetC4(name=backbone)
-            self.rpn = RPN(network=build_rpn(in_channels=1024, **rpn_settings))
-            self.roi_pool: nn.Module = RoIPooler(output_size=roi_size, spatial_scale=1 / 16,
-                                                 kind=roi)
-            self.box_head: nn.Module = Res5BoxHead(backbone=backbone, num_classes=num_classes,
-                                                   attributes=attributes)
-        else:
-            trunk = ResNetFPN(name=backbone)
-            self.backbone, self.fpn = trunk.body, trunk.fpn
-            self.rpn = RPN(network=build_rpn(in_channels=256, mid_channels=256, fpn_levels=5,
-                                             **rpn_settings))
-            self.roi_pool = MultiScaleRoIPooler()
-            self.box_head = MLPBoxHead(num_classes=num_classes, attributes=attributes)
         self.nms = (PerClassNMS if nms == "per-class" else ClassAgnosticNMS)(
             iou_threshold=nms_threshold)
         self.select = BoxSelection(mode=selection, num_boxes=num_boxes, min_boxes=min_boxes,
                                    max_boxes=max_boxes, conf_threshold=conf_threshold)
-        self.embed = RegionEmbedding(feature_dim=2048, location_dims=location_dims, width=width,
-                                     style=embedding)
+        self.embed = RegionEmbedding(feature_dim=feature_dim, location_dims=location_dims,
+                                     width=width, style=embedding)
         ops = StageKind.REGION_OPS
         self.substages = {"backbone": StageKind.BACKBONE,
-                          **({"fpn": StageKind.BACKBONE} if self.fpn else {}),
+                          **({"fpn": StageKind.BACKBONE} if self.fpn is not None else {}),
                           "rpn": ops, "roi_pool": ops, "box_head": ops, "nms": ops, "select": ops,
                           "embed": StageKind.VISUAL_EMBEDDING}
         self.last_workload: dict[str, int] = {}
@@ -244,6 +232,47 @@ class RegionFeatures(nn.Module):
         }
         return region_tokens(self.embed, kept, kept_boxes, mask, images.image_sizes,
                              self.location_dims, self.global_token)
+
+
+class RegionFeatures(RegionDetector):
+    """Images -> region tokens (B, K, width) with their boxes, through a random Faster R-CNN
+    built from torchvision parts."""
+
+    def __init__(
+        self, *, backbone: str, head: str, roi: str, nms: str, num_classes: int,
+        attributes: bool, pre_nms_top_n: int, post_nms_top_n: int, rpn_nms_threshold: float,
+        min_box_size: float, nms_threshold: float, roi_size: int, selection: str,
+        num_boxes: int, min_boxes: int, max_boxes: int, conf_threshold: float,
+        location_dims: int, width: int, embedding: str, global_token: bool,
+    ) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown RoI head {head!r}; valid: {', '.join(HEADS)}")
+        self.fpn: nn.Module | None = None
+        rpn_settings = dict(pre_nms_top_n=pre_nms_top_n, post_nms_top_n=post_nms_top_n,
+                            nms_thresh=rpn_nms_threshold, min_size=min_box_size)
+        if head == "c4":
+            self.backbone: nn.Module = ResNetC4(name=backbone)
+            self.rpn = RPN(network=build_rpn(in_channels=1024, **rpn_settings))
+            self.roi_pool: nn.Module = RoIPooler(output_size=roi_size, spatial_scale=1 / 16,
+                                                 kind=roi)
+            self.box_head: nn.Module = Res5BoxHead(backbone=backbone, num_classes=num_classes,
+                                                   attributes=attributes)
+        else:
+            trunk = ResNetFPN(name=backbone)
+            self.backbone, self.fpn = trunk.body, trunk.fpn
+            self.rpn = RPN(network=build_rpn(in_channels=256, mid_channels=256, fpn_levels=5,
+                                             **rpn_settings))
+            self.roi_pool = MultiScaleRoIPooler()
+            self.box_head = MLPBoxHead(num_classes=num_classes, attributes=attributes)
+        # detectron2's padding: none for C4 (a ResNet's size_divisibility is 0; here 1), 32
+        # for an FPN, whose top-down sums need every level to halve exactly
+        self._finish(head=head, nms=nms, nms_threshold=nms_threshold, selection=selection,
+                     num_boxes=num_boxes, min_boxes=min_boxes, max_boxes=max_boxes,
+                     conf_threshold=conf_threshold, post_nms_top_n=post_nms_top_n,
+                     location_dims=location_dims, width=width, embedding=embedding,
+                     global_token=global_token, feature_dim=2048,
+                     size_divisibility=1 if head == "c4" else 32)
 
 
 def _per_image(rows: list[Tensor] | tuple[Tensor, ...], counts: list[int]) -> Tensor:

@@ -12,10 +12,11 @@ _KINDS = ("align", "pool")
 
 
 class RoIPooler(nn.Module):
-    """Single-level RoI pooling for C4 heads: 14x14 at scale 1/16 by default (BUTD).
+    """Single-level RoI pooling for C4 heads: BUTD's 14x14 RoIPool at scale 1/16 by default.
 
-    ``kind="align"`` is RoIAlign with ``aligned=False``, the ROIAlign (v1) of detectron and of the
-    bottom-up-attention ports; ``kind="pool"`` is RoIPool, what the original Caffe model ran.
+    ``kind="pool"`` is RoIPool, what the original Caffe model ran (and the detectron2 port of
+    it, ``POOLER_TYPE: ROIPool``); ``kind="align"`` is RoIAlign with ``aligned=False``, the
+    ROIAlign (v1) of detectron and of later bottom-up-attention ports.
     ``sampling_ratio`` is pinned (2, not 0 = adaptive), so every bin takes 2x2 samples whatever
     the box size: the cost depends on the number of proposals only, not on where random weights
     happen to put them.
@@ -27,7 +28,7 @@ class RoIPooler(nn.Module):
         output_size: int = 14,
         spatial_scale: float = 1 / 16,
         sampling_ratio: int = 2,
-        kind: str = "align",
+        kind: str = "pool",
     ) -> None:
         super().__init__()
         if kind == "align":

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -17,6 +18,31 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from ..tokens import ImageBatch
+
+
+class StridedAnchorGenerator(AnchorGenerator):
+    """torchvision's anchors, laid out at each level's own stride.
+
+    torchvision derives a level's stride from the padded tensor (``H // h``): exact when the
+    input is padded to a multiple of the stride (FPN: 32), but 15 instead of 16 across an
+    unpadded 1333-wide image (1333 // 84) in a C4 detector, which pads nothing (detectron2's
+    ``size_divisibility`` 0). The stride is the network's, so it is given here.
+    """
+
+    def __init__(self, sizes: tuple[tuple[int, ...], ...],
+                 aspect_ratios: tuple[tuple[float, ...], ...], *, strides: Sequence[int]) -> None:
+        super().__init__(sizes, aspect_ratios)
+        if len(strides) != len(sizes):
+            raise ValueError(f"{len(strides)} strides for {len(sizes)} anchor levels")
+        self.strides = tuple(int(s) for s in strides)
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        """One (sum_l H_l * W_l * A, 4) anchor tensor per image (xyxy pixels)."""
+        grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
+        self.set_cell_anchors(feature_maps[0].dtype, feature_maps[0].device)
+        strides = [[s, s] for s in self.strides]  # ints: no tensor, no copy to the device
+        levels = self.grid_anchors(grid_sizes, strides)  # type: ignore[arg-type]
+        return [torch.cat(levels) for _ in image_list.image_sizes]
 
 
 class BUTDRPNHead(nn.Module):
@@ -73,20 +99,23 @@ def build_rpn(
 ) -> RegionProposalNetwork:
     """BUTD's test-time C4 RPN as a torchvision ``RegionProposalNetwork``.
 
-    ``fpn_levels=5`` builds the FPN variant instead: one anchor size per level (32..512),
-    3 ratios, 256 input channels and torchvision's ``in -> in`` head; ``in_channels``,
-    ``mid_channels`` and ``anchor_sizes`` are then ignored. In eval mode the module returns
+    ``fpn_levels=5`` builds the FPN variant instead: one anchor size per level (32..512) at
+    strides 4..64, 3 ratios, 256 input channels and torchvision's ``in -> in`` head;
+    ``in_channels``, ``mid_channels`` and ``anchor_sizes`` are then ignored. C4 anchors lie at
+    stride 16. In eval mode the module returns
     ``(boxes: list[Tensor (R_i, 4)], {})``. Training arguments are torchvision's defaults and
     unused here (inference only).
     """
     if fpn_levels is None:
         sizes: tuple[tuple[int, ...], ...] = (tuple(anchor_sizes),)
         ratios: tuple[tuple[float, ...], ...] = (tuple(aspect_ratios),)
+        strides: tuple[int, ...] = (16,)
     else:
         sizes = tuple((32 * 2**i,) for i in range(fpn_levels))  # (32,), (64,), ... (512,)
         ratios = (tuple(aspect_ratios),) * fpn_levels
+        strides = tuple(4 * 2**i for i in range(fpn_levels))  # 4, 8, ... 64
         in_channels = mid_channels = 256
-    anchors = AnchorGenerator(sizes, ratios)
+    anchors = StridedAnchorGenerator(sizes, ratios, strides=strides)
     head = BUTDRPNHead(
         in_channels=in_channels,
         mid_channels=mid_channels,
@@ -111,8 +140,8 @@ class RPN(nn.Module):
     """The RPN stage with a plain signature: ``(ImageBatch, features) -> proposals``.
 
     Wraps a torchvision ``RegionProposalNetwork`` (BUTD's C4 RPN by default). Image sizes come
-    from ``ImageBatch.image_sizes`` on the host. Anchors are laid out on the padded tensor (as
-    torchvision does), so pad to a multiple of the stride (detectron pads to 32). Eval mode only:
+    from ``ImageBatch.image_sizes`` on the host; anchors lie at the network's strides whatever
+    the padding (``StridedAnchorGenerator``). Eval mode only:
     torchvision's RPN asks for targets in training mode.
 
     ``last_workload`` is read from tensor shapes only; the kept-box counts are host-known because
