@@ -15,13 +15,17 @@ without it every case uses the run's thread count.
 ``vlbench.scenarios``): ``retrieval-t2i`` and ``retrieval-i2t`` rank a gallery. Such a suite
 names its gallery sizes ``gallery_sizes`` (a list, or ``{double_from: N, max: M}``; they are the
 cases' ``gallery_size``, stored as ``batch_size``, so ``--batch-sizes`` overrides them) and may
-give larger ones for GPU runs as ``gallery_sizes_cuda``.
+give larger ones for GPU runs as ``gallery_sizes_cuda``. A model that re-ranks (an ITC and an
+ITM path: ALBEF, BLIP, VLMo's fusion way; ``architectures.retrieval.strategies``) gets one case
+per ``rerank_k`` (its candidates per query; default 16, 128, 256; each clamped to N when
+measured), every other model one case as before.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,16 @@ from typing import Any
 import yaml
 
 from architectures import resolve_preset
+from architectures.retrieval import preset_strategies
 
 from . import parse
 from .results import CaseSpec
+from .retrieval_cost import TASKS as RETRIEVAL_TASKS
 from .scenarios import known_tasks
+
+#: a re-ranking's candidates per query when a suite does not say: ALBEF's and BLIP's retrieval
+#: configurations use 256 (COCO) and 128 (Flickr30K)
+RERANK_K = (16, 128, 256)
 
 
 class SuiteError(ValueError):
@@ -61,6 +71,13 @@ class Suite:
     tasks: tuple[str | None, ...] = (None,)
     #: batch (gallery) sizes for CUDA devices, where they differ; None: ``batch_sizes``
     cuda_batch_sizes: tuple[int, ...] | None = None
+    #: a re-ranking model's candidates per query, one case each (retrieval tasks only)
+    rerank_k: tuple[int, ...] = RERANK_K
+
+    def rerank_ks(self, model: str, task: str | None) -> tuple[int | None, ...]:
+        """The k of each case of ``model`` for ``task``: ``rerank_k`` for a re-ranking model's
+        retrieval, else (None,)."""
+        return self.rerank_k if task in RETRIEVAL_TASKS and _reranks(model) else (None,)
 
     def cases(self, device: str) -> list[CaseSpec]:
         sizes = self.batch_sizes
@@ -70,22 +87,31 @@ class Suite:
         for entry in self.models:
             preset = resolve_preset(entry.model)
             for task in self.tasks:
-                for batch in sizes:
-                    for precision in self.precisions:
-                        for mode in self.modes:
-                            for threads in self.threads:
-                                out.append(CaseSpec(
-                                    model=entry.model,
-                                    batch_size=batch,
-                                    image_size=entry.image_size or preset.image_size,
-                                    text_len=entry.text_len or preset.text_len,
-                                    precision=precision,
-                                    device=device,
-                                    mode=mode,
-                                    threads=threads,
-                                    task=task,
-                                ))
+                for k in self.rerank_ks(entry.model, task):
+                    for batch in sizes:
+                        for precision in self.precisions:
+                            for mode in self.modes:
+                                for threads in self.threads:
+                                    out.append(CaseSpec(
+                                        model=entry.model,
+                                        batch_size=batch,
+                                        image_size=entry.image_size or preset.image_size,
+                                        text_len=entry.text_len or preset.text_len,
+                                        precision=precision,
+                                        device=device,
+                                        mode=mode,
+                                        threads=threads,
+                                        task=task,
+                                        rerank_k=k,
+                                    ))
         return out
+
+
+@cache
+def _reranks(model: str) -> bool:
+    """Whether a model's natural retrieval is a re-ranking (its fusion built on the meta
+    device: no memory)."""
+    return preset_strategies(resolve_preset(model))[0] == "rerank"
 
 
 def _builtin_dir() -> Any:
@@ -125,7 +151,8 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
     if not isinstance(data, dict):
         raise SuiteError(f"suite {source}: expected a mapping with a 'models' list")
     unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing",
-                           "modes", "threads", "tasks", "gallery_sizes", "gallery_sizes_cuda"}
+                           "modes", "threads", "tasks", "gallery_sizes", "gallery_sizes_cuda",
+                           "rerank_k"}
     if unknown:
         raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     try:
@@ -136,6 +163,7 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
             resolve_preset(entry.model)
         tasks = parse_tasks(data.get("tasks"))
         batches, cuda_batches = _sizes(data, tasks)
+        rerank_k = parse_rerank_k(data.get("rerank_k"), tasks)
         precisions = parse.precisions(_list(data, "precisions", ["fp32"]))
         modes = parse.execution_modes(_list(data, "modes", ["eager"]))
         threads = parse_threads(data.get("threads"))
@@ -155,6 +183,7 @@ def parse_suite(text: str, source: str = "<suite>") -> Suite:
         threads=threads,
         tasks=tasks,
         cuda_batch_sizes=cuda_batches,
+        rerank_k=rerank_k,
     )
 
 
@@ -170,6 +199,21 @@ def parse_tasks(value: Any) -> tuple[str | None, ...]:
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(tasks)}")
     if len(set(value)) != len(value):
         raise ValueError(f"'tasks' lists a task twice: {', '.join(value)}")
+    return tuple(value)
+
+
+def parse_rerank_k(value: Any, tasks: tuple[str | None, ...]) -> tuple[int, ...]:
+    """``rerank_k``: missing (``RERANK_K``) or, with retrieval tasks only, a list of positive
+    integers, no repeats."""
+    if value is None:
+        return RERANK_K
+    if not any(t in RETRIEVAL_TASKS for t in tasks):
+        raise ValueError("'rerank_k' needs retrieval 'tasks' (e.g. [retrieval-t2i])")
+    if not isinstance(value, list) or not value or not all(_positive_int(v) for v in value):
+        raise ValueError("'rerank_k' must be a list of positive integers (e.g. [16, 128, 256]), "
+                         f"got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"'rerank_k' lists a k twice: {', '.join(map(str, value))}")
     return tuple(value)
 
 
