@@ -202,7 +202,7 @@ def test_a_full_disk_is_one_line_with_the_resume_command_and_loses_nothing(
         db = disk / "results.sqlite"
         filler = disk / "filler"
         room = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-        filler.write_bytes(b"\0" * (room - 96 * 1024))  # room for the run and a few cases
+        filler.write_bytes(b"\0" * (room - 160 * 1024))  # room for the run and a few cases
         sizes = ",".join(str(b) for b in range(1, 17))
         # its own process, as a user's: the run it leaves 'running' has a dead owner after it
         done = vlbench_process("run", "--models", "vilt-b32-tiny", "--batch-sizes", sizes,

@@ -94,8 +94,11 @@ def test_fusion_batched_pairs_match_one_pair_at_a_time(model_name: str, directio
 
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
-def test_dual_encoder_cached_gallery_matches_uncached_pairs(direction: str) -> None:
-    scores, order, reference = _rank("clip-vit-b32-tiny", direction)
+@pytest.mark.parametrize("model_name", ["clip-vit-b32-tiny", "vlmo-base-dual-tiny"])
+def test_dual_encoder_cached_gallery_matches_uncached_pairs(model_name: str,
+                                                            direction: str) -> None:
+    """CLIP, and VLMo's dual way (its published retrieval) through its encode_image/_text."""
+    scores, order, reference = _rank(model_name, direction)
     torch.testing.assert_close(scores, reference, atol=TOLERANCE, rtol=TOLERANCE)
     _assert_same_ranking(reference, order)
 

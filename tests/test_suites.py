@@ -49,8 +49,10 @@ def test_every_builtin_suite_loads_from_any_directory(
         resolve_preset(entry.model)  # a preset or a composed EMBEDDER+FUSION pair
     TimingOptions(**suite.timing)  # the suite's timing overrides are valid options
     cases = suite.cases("cpu")
-    assert len(cases) == (len(suite.models) * len(suite.batch_sizes) * len(suite.precisions)
-                          * len(suite.modes) * len(suite.threads) * len(suite.tasks))
+    # a re-ranking model's retrieval: one case per k
+    per_model = sum(len(suite.rerank_ks(e.model, t)) for e in suite.models for t in suite.tasks)
+    assert len(cases) == (per_model * len(suite.batch_sizes) * len(suite.precisions)
+                          * len(suite.modes) * len(suite.threads))
 
 
 def test_builtin_suite_is_not_shadowed_by_a_directory_of_the_same_name(

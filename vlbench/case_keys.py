@@ -11,8 +11,8 @@ from vlbench.results import EXECUTION_MODES, CaseSpec
 
 def case_key(spec: CaseSpec) -> str:
     """A stable identity for a case within a run, so a resume can tell what is already done.
-    The execution mode and a per-case thread count join the key only when they are not the
-    defaults, so the keys of eager runs stay what they were."""
+    The execution mode, a per-case thread count and a re-ranking's k join the key only when they
+    are not the defaults, so the keys of eager runs stay what they were."""
     height, width = spec.image_size
     key = (
         f"{spec.model}|{spec.batch_size}|{height}x{width}|{spec.text_len}"
@@ -24,6 +24,8 @@ def case_key(spec: CaseSpec) -> str:
         key += f"|t{spec.threads}"
     if getattr(spec, "task", None):
         key += f"|{spec.task}"
+    if getattr(spec, "rerank_k", None) is not None:
+        key += f"|k{spec.rerank_k}"
     if getattr(spec, "side", None):
         key += f"|side{spec.side}"
     if getattr(spec, "round", 0):

@@ -132,6 +132,10 @@ class CaseSpec:
     #: what is timed (the scenario): None for one forward of the model; "retrieval-t2i" /
     #: "retrieval-i2t" for ranking a gallery of ``gallery_size`` candidates
     task: str | None = None
+    #: a re-ranking retrieval case's candidates per query (``architectures.rerank``): the ITC
+    #: ranking's top k go through the fusion, k clamped to the gallery size (the k used is
+    #: ``settings["retrieval"]["k"]``); None for every other case
+    rerank_k: int | None = None
 
     @property
     def gallery_size(self) -> int | None:

@@ -20,11 +20,16 @@ give larger ones for GPU runs as ``gallery_sizes_cuda``.
 A suite file is user input: it is bounded before anything walks it (``vlbench.suite_file``: size,
 nesting, YAML alias expansion), and every value is checked as its flag's value is (``timing``
 entries by the ``TimingOptions`` fields' own parsers).
+
+A model that re-ranks (an ITC and an ITM path: ALBEF, BLIP, VLMo's fusion way;
+``architectures.retrieval.strategies``) gets one case per ``rerank_k`` (its candidates per query;
+default 16, 128, 256; each clamped to N when measured), every other model one case as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,12 @@ from . import parse
 from .machine import usable_cores
 from .options import TimingOptions, check_values
 from .results import CaseSpec
+from .retrieval_cost import TASKS as RETRIEVAL_TASKS
 from .suite_file import load_yaml, read_bounded
+
+#: a re-ranking's candidates per query when a suite does not say: ALBEF's and BLIP's retrieval
+#: configurations use 256 (COCO) and 128 (Flickr30K)
+RERANK_K = (16, 128, 256)
 
 
 class SuiteError(ValueError):
@@ -64,6 +74,13 @@ class Suite:
     tasks: tuple[str | None, ...] = (None,)
     #: batch (gallery) sizes for CUDA devices, where they differ; None: ``batch_sizes``
     cuda_batch_sizes: tuple[int, ...] | None = None
+    #: a re-ranking model's candidates per query, one case each (retrieval tasks only)
+    rerank_k: tuple[int, ...] = RERANK_K
+
+    def rerank_ks(self, model: str, task: str | None) -> tuple[int | None, ...]:
+        """The k of each case of ``model`` for ``task``: ``rerank_k`` for a re-ranking model's
+        retrieval, else (None,)."""
+        return self.rerank_k if task in RETRIEVAL_TASKS and _reranks(model) else (None,)
 
     def cases(self, device: str) -> list[CaseSpec]:
         """Every case of the suite; ValueError for an input a model cannot take at all (an image
@@ -84,22 +101,34 @@ class Suite:
                 raise ValueError(f"{entry.model}: {exc}; give a larger --image-size (or the "
                                  "suite's image_size)") from None
             for task in self.tasks:
-                for batch in sizes:
-                    for precision in self.precisions:
-                        for mode in self.modes:
-                            for threads in self.threads:
-                                out.append(CaseSpec(
-                                    model=entry.model,
-                                    batch_size=batch,
-                                    image_size=image_size,
-                                    text_len=entry.text_len or preset.text_len,
-                                    precision=precision,
-                                    device=device,
-                                    mode=mode,
-                                    threads=threads,
-                                    task=task,
-                                ))
+                for k in self.rerank_ks(entry.model, task):
+                    for batch in sizes:
+                        for precision in self.precisions:
+                            for mode in self.modes:
+                                for threads in self.threads:
+                                    out.append(CaseSpec(
+                                        model=entry.model,
+                                        batch_size=batch,
+                                        image_size=image_size,
+                                        text_len=entry.text_len or preset.text_len,
+                                        precision=precision,
+                                        device=device,
+                                        mode=mode,
+                                        threads=threads,
+                                        task=task,
+                                        rerank_k=k,
+                                    ))
         return out
+
+
+@cache
+def _reranks(model: str) -> bool:
+    """Whether a model's natural retrieval is a re-ranking (its fusion built on the meta
+    device: no memory)."""
+    from architectures import resolve_preset  # model code: loaded when needed
+    from architectures.retrieval import preset_strategies
+
+    return preset_strategies(resolve_preset(model))[0] == "rerank"
 
 
 def _builtin_dir() -> Any:
@@ -146,7 +175,8 @@ def parse_suite(text: str, source: str = "<suite>", *, resolve: bool = True) -> 
     if not isinstance(data, dict):
         raise SuiteError(f"suite {source}: expected a mapping with a 'models' list")
     unknown = set(data) - {"name", "description", "models", "batch_sizes", "precisions", "timing",
-                           "modes", "threads", "tasks", "gallery_sizes", "gallery_sizes_cuda"}
+                           "modes", "threads", "tasks", "gallery_sizes", "gallery_sizes_cuda",
+                           "rerank_k"}
     if unknown:
         raise SuiteError(f"suite {source}: unknown key(s) {', '.join(sorted(map(str, unknown)))}")
     try:
@@ -160,6 +190,7 @@ def parse_suite(text: str, source: str = "<suite>", *, resolve: bool = True) -> 
                 resolve_preset(entry.model)
         tasks = parse_tasks(data.get("tasks"), resolve=resolve)
         batches, cuda_batches = _sizes(data, tasks)
+        rerank_k = parse_rerank_k(data.get("rerank_k"), tasks)
         precisions = parse.precisions(_list(data, "precisions", ["fp32"]))
         modes = parse.execution_modes(_list(data, "modes", ["eager"]))
         threads = parse_threads(data.get("threads"))
@@ -180,6 +211,7 @@ def parse_suite(text: str, source: str = "<suite>", *, resolve: bool = True) -> 
         threads=threads,
         tasks=tasks,
         cuda_batch_sizes=cuda_batches,
+        rerank_k=rerank_k,
     )
 
 
@@ -210,6 +242,21 @@ def parse_tasks(value: Any, *, resolve: bool = True) -> tuple[str | None, ...]:
             raise ValueError(f"unknown task {task!r}; valid: {', '.join(tasks)}")
     if len(set(value)) != len(value):
         raise ValueError(f"'tasks' lists a task twice: {', '.join(value)}")
+    return tuple(value)
+
+
+def parse_rerank_k(value: Any, tasks: tuple[str | None, ...]) -> tuple[int, ...]:
+    """``rerank_k``: missing (``RERANK_K``) or, with retrieval tasks only, a list of positive
+    integers, no repeats."""
+    if value is None:
+        return RERANK_K
+    if not any(t in RETRIEVAL_TASKS for t in tasks):
+        raise ValueError("'rerank_k' needs retrieval 'tasks' (e.g. [retrieval-t2i])")
+    if not isinstance(value, list) or not value or not all(_positive_int(v) for v in value):
+        raise ValueError("'rerank_k' must be a list of positive integers (e.g. [16, 128, 256]), "
+                         f"got {value!r}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"'rerank_k' lists a k twice: {', '.join(map(str, value))}")
     return tuple(value)
 
 

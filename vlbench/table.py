@@ -106,33 +106,44 @@ def retrieval_table(results: Sequence[CaseResult]) -> list[str]:
     """Retrieval cases (``vlbench.retrieval``): one row per model, direction and gallery size N,
     with the per-query time once the gallery is cached beside the offline gallery step; not
     the forward table's columns, whose stage names and samples/s would mislead here."""
-    header = (f"{'model':<26} {'dir':<4} {'N':>6} {'input':>13} {'how':<6} {'query ms':>9} "
-              f"{'cv':>6} {'gallery ms':>11} {'ms/item':>8} {'gal batch':>9} "
-              f"{'pair batch':>10} {'GFLOPs/q':>8} {'params M':>9} {'peak MB':>8} "
-              f"{'machine':<7}")
+    header = (f"{'model':<26} {'dir':<4} {'N':>6} {'k':>7} {'input':>13} {'how':<6} "
+              f"{'query ms':>9} {'cv':>6} {'gallery ms':>11} {'ms/item':>8} {'gal batch':>9} "
+              f"{'pair batch':>10} {'GFLOPs/q':>8} {'params M':>9} {'cache MB':>8} "
+              f"{'peak MB':>8} {'machine':<7}")
     lines = [header, "-" * len(header)]
     for r in results:
         s = r.spec
         size = f"{s.image_size[0]}x{s.image_size[1]}+{s.text_len}"
-        where = f"{s.model:<26} {(s.task or '').removeprefix('retrieval-'):<4} {s.batch_size:>6}"
+        info = r.settings.get("retrieval", {})
+        where = (f"{s.model:<26} {(s.task or '').removeprefix('retrieval-'):<4} "
+                 f"{s.batch_size:>6} {_rerank_k(s.rerank_k, info.get('k')):>7}")
         if r.status != "ok" or r.end_to_end is None:
             lines.append(f"{where} {size:>13} {case_how(s):<6} {r.status.upper()}: {r.message}")
             continue
-        info = r.settings.get("retrieval", {})
         gallery = next((st.timing.median_ms for st in r.stages
                         if st.name == "gallery" and st.timing), None)
         pair = info.get("pair_batch")
         peak = f"{r.peak_mem_bytes / 2**20:.0f}" if r.peak_mem_bytes else "-"
+        cache = f"{info['cached_bytes'] / 2**20:.1f}" if info.get("cached_bytes") else "-"
         unstable = "*" if r.end_to_end.unstable else " "
         lines.append(
             f"{where} {size:>13} {case_how(s):<6} {_ms(r.end_to_end.median_ms):>8}{unstable} "
             f"{r.end_to_end.cv:>6.1%} {_ms(gallery):>11} "
             f"{_ms(r.end_to_end.median_ms / s.batch_size):>8} "
             f"{info.get('gallery_batch', '-'):>9} {pair if pair is not None else '-':>10} "
-            f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {peak:>8} "
+            f"{r.flops_total / 1e9:>8.2f} {r.params_total / 1e6:>9.2f} {cache:>8} {peak:>8} "
             f"{state(r.contention):<7}")
     lines += ["", "retrieval: query = ranking the N cached items for one query (medians, end to "
               "end); gallery = the offline step, once per gallery (a dual encoder's embeddings, a "
-              "fusion model's embedder tokens); ms/item = query / N; batches: the largest that "
-              "fit, found by trying; * unstable (cv > 10%)", *contention_lines(results)]
+              "fusion model's embedder tokens, a re-ranking's ITC embeddings and token "
+              "sequences: cache MB); k = a re-ranking's candidates fused per query (used/asked "
+              "where clamped to N); ms/item = query / N; batches: the largest that fit, found by "
+              "trying; * unstable (cv > 10%)", *contention_lines(results)]
     return lines
+
+
+def _rerank_k(asked: int | None, used: int | None) -> str:
+    """'-' (not a re-ranking), '16', or '10/256' (clamped to the gallery's 10 items)."""
+    if asked is None:
+        return "-"
+    return str(asked) if used is None or used == asked else f"{used}/{asked}"

@@ -18,7 +18,10 @@ Every BERT layer is post-LN: self-attention, cross-attention where the path uses
 ITM head -- what ViLT and UNITER are timed doing; ``match`` holds the ITM logits (B, 2),
 ``pooled`` the multimodal [CLS]. ``itc`` is the ITC path (image tower, text encoder without
 cross-attention, projections, cosine similarity), what a retrieval scenario times, with
-``encode_image`` / ``encode_text`` for a cached gallery. Its stages are ``itc_substages``
+``encode_image`` / ``encode_text`` for a cached gallery. ``index_image`` / ``index_text`` /
+``fuse`` split the two paths the way a re-ranking runs them (``architectures.rerank``): each
+side's ITC embedding with the states the ITM path reads of it, and the ITM path from those
+states. Its stages are ``itc_substages``
 (``declared_stages(fusion, fusion.itc_substages)``), since a hook fires on every call of a
 module and the shared layers serve both paths.
 
@@ -156,6 +159,7 @@ class AlignFuse(nn.Module):
         self.vision_tower = ImageTower(in_dim=vision_dim, width=vision_width, depth=vision_depth,
                                        heads=vision_heads, mlp_dim=vision_mlp_dim, eps=vision_eps)
         self.text_in = adapter(text_dim, text_width)
+        self.layout = layout
         shared = layout == "shared"
         first_cross = text_depth - fusion_depth if shared else text_depth
 
@@ -210,11 +214,41 @@ class AlignFuse(nn.Module):
 
     def encode_image(self, vision: Tokens) -> torch.Tensor:
         """ITC image embedding: (B, embed_dim), unit length."""
-        return F.normalize(self.itc_head.vision_proj(self.vision_tower(vision)[:, 0]), dim=-1)
+        return self.index_image(vision)[0]
 
     def encode_text(self, text: Tokens) -> torch.Tensor:
         """ITC text embedding (no cross-attention): (B, embed_dim), unit length."""
-        return F.normalize(self.itc_head.text_proj(self._text(text, None, None)[:, 0]), dim=-1)
+        return self.index_text(text)[0]
+
+    def index_image(self, vision: Tokens) -> tuple[torch.Tensor, Tokens]:
+        """What a re-ranking index keeps of an image (``architectures.rerank``): its ITC
+        embedding (B, embed_dim) and the tower's output (B, Nv, Dv), which the ITM path's
+        cross-attention reads -- one tower forward for both."""
+        image = self.vision_tower(vision)  # (B, Nv, Dv)
+        embedding = F.normalize(self.itc_head.vision_proj(image[:, 0]), dim=-1)
+        return embedding, Tokens(image, vision.mask, grid=vision.grid)
+
+    def index_text(self, text: Tokens) -> tuple[torch.Tensor, Tokens]:
+        """A text's ITC embedding (B, embed_dim) and what the ITM path reads of it: ALBEF's
+        text-layer output (its fusion layers continue from it, as ``encoder_embeds``), BLIP's
+        token embeddings (its shared layers run again, cross-attending)."""
+        t = self._text(text, None, None)  # (B, Nt, D)
+        embedding = F.normalize(self.itc_head.text_proj(t[:, 0]), dim=-1)
+        return embedding, (text if self.layout == "shared" else Tokens(t, text.mask))
+
+    def fuse(self, text: Tokens, image: Tokens) -> FusionOutput:
+        """The ITM path from what ``index_text`` and ``index_image`` keep (the text's states
+        and the tower's output): ``forward`` without the towers, what re-ranking runs per
+        pair."""
+        image_mask = key_padding_mask(image.mask)
+        if self.layout == "shared":
+            t = self._text(text, image.embeds, image_mask)  # (B, Nt, D)
+        else:
+            t, mask = text.embeds, key_padding_mask(text.mask)
+            for layer in self.cross_layers:
+                t = layer(t, mask, image.embeds, image_mask)
+        return FusionOutput(pooled=t[:, 0], text=t, vision=image.embeds,
+                            match=self.itm_head(t[:, 0]))
 
     def itc(self, text: Tokens, vision: Tokens) -> FusionOutput:
         """The ITC path: ``logits`` (B, B) image-to-text cosine similarities; ``pooled`` the
@@ -225,9 +259,10 @@ class AlignFuse(nn.Module):
         return FusionOutput(pooled=pooled, text=t, vision=image, logits=logits)
 
     def forward(self, text: Tokens, vision: Tokens) -> FusionOutput:
-        image = self.vision_tower(vision)  # (B, Nv, Dv)
-        t = self._text(text, image, key_padding_mask(vision.mask))  # (B, Nt, D)
-        return FusionOutput(pooled=t[:, 0], text=t, vision=image, match=self.itm_head(t[:, 0]))
+        image = Tokens(self.vision_tower(vision), vision.mask)  # (B, Nv, Dv)
+        if self.layout == "shared":
+            return self.fuse(text, image)
+        return self.fuse(Tokens(self._text(text, None, None), text.mask), image)
 
 
 def _paths(prefix: str, indices: range) -> tuple[str, ...]:

@@ -114,6 +114,9 @@ class DualEncoder(nn.Module):
         self.interaction = Contrastive(vision_width=vision_width, text_width=text_width,
                                        embed_dim=embed_dim)
 
+    #: ``forward`` is a product of two separate embeddings, never a joint forward of a pair
+    fuses = False
+
     def encode_image(self, vision: Tokens) -> torch.Tensor:
         return F.normalize(self.interaction.vision_proj(self.vision_tower(vision)), dim=-1)
 

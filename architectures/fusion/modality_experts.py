@@ -26,7 +26,9 @@ The way is a config field, not two methods, because the harness times ``forward`
 declares the stages it really runs. Both ways build the same parameters (the pooler the fusion
 way reads and the ITC projections the dual way reads are always there), so a checkpoint loads
 into either; ``encode_image`` and ``encode_text`` give the dual way's embeddings whatever
-``way`` the forward runs. ``fusion_layers``' parameters include its layers' V-FFN and L-FFN,
+``way`` the forward runs, and ``index_image`` / ``index_text`` / ``fuse`` let a retrieval
+re-rank the dual way's top k with the fusion way (a what-if: VLMo publishes dual-way retrieval
+only; ``architectures.rerank``). ``fusion_layers``' parameters include its layers' V-FFN and L-FFN,
 which only the dual way runs.
 
 Left out against the official module: pretraining-only heads (the VL-FFN ITC projections and
@@ -280,6 +282,31 @@ class ModalityExperts(nn.Module):
 
     def encode_text(self, text: Tokens) -> torch.Tensor:
         return F.normalize(self.interaction.text_proj(self.text_features(text)), dim=-1)
+
+    #: why re-ranking (``architectures.rerank``) is not this model's published retrieval
+    rerank_what_if = ("VLMo's published retrieval runs the dual way only (infer_image_ft / "
+                      "infer_text_ft); re-ranking its top k with the fusion way is a what-if")
+
+    @property
+    def fuses(self) -> bool:
+        """Whether ``forward`` is a joint forward of the pair (the fusion way), not a dual
+        encoder's product: what a retrieval may run per pair."""
+        return self.way == "fusion"
+
+    def index_image(self, vision: Tokens) -> tuple[torch.Tensor, Tokens]:
+        """An image's dual-way embedding and what the fusion way reads of it: its embedder
+        tokens (every fusion-way layer attends over both modalities, so nothing else is the
+        image's alone)."""
+        return self.encode_image(vision), vision
+
+    def index_text(self, text: Tokens) -> tuple[torch.Tensor, Tokens]:
+        """A text's dual-way embedding and its embedder tokens (see ``index_image``)."""
+        return self.encode_text(text), text
+
+    def fuse(self, text: Tokens, vision: Tokens) -> FusionOutput:
+        """The fusion way over a pair whatever ``way`` the forward runs (a re-ranking's
+        what-if)."""
+        return self._fuse(text, vision)
 
     def forward(self, text: Tokens, vision: Tokens) -> FusionOutput:
         if self.way == "dual":

@@ -15,6 +15,13 @@ query, N texts) and ``gallery_size`` N is measured here, in two steps the model'
   query ``query.visual``, its detector included), then the joint forward and a matching head
   over the N pairs in batches (``query.pairs``, one call per batch), then the sort.
 
+A model with a contrastive and a fusion path (ALBEF, BLIP; VLMo's fusion way as a what-if)
+re-ranks (``architectures.rerank``): its gallery step caches each item's ITC embedding and the
+token sequence its fusion reads (an image's tower output: the cache's bytes are recorded, and a
+cache that does not fit is an ``oom`` record), its query step ranks by ITC (``query.tower``,
+``query.score``), keeps the top k (``query.topk``; the case's ``rerank_k`` clamped to N, both
+recorded) and fuses those k pairs in batches (``query.pairs``) before a sort of the k.
+
 Batch sizes are found, not configured (``batching.find_batch_size``): the gallery's batch and a
 fusion model's pair batch are each the largest that fits, up to N. Results record both, the
 number of batches and the sizes tried. ``vlbench.retrieval_cost`` fits the cost model.
@@ -29,12 +36,13 @@ from typing import Any
 
 import torch
 
-from architectures.retrieval import Retriever, take
+from architectures.rerank import RerankIndex
+from architectures.retrieval import Retriever, strategies
 from feature_extractors import ImageBatch, RegionBatch, Stage, Tokens, stage_workload
 
 from ..context import CaseContext
 from ..energy import with_energy
-from ..failures import UnsupportedCase
+from ..failures import UnsupportedCase, is_out_of_memory
 from ..flops import count_flops, count_params
 from ..memory import peak_bytes, reset_peak
 from ..results import CaseResult, CaseSpec
@@ -93,6 +101,8 @@ def _nbytes(value: Any) -> int:
         return value.features.nbytes + value.boxes.nbytes
     if isinstance(value, Tokens):
         return sum(t.nbytes for t in (value.embeds, value.mask, value.boxes) if t is not None)
+    if isinstance(value, RerankIndex):
+        return value.embeddings.nbytes + _nbytes(value.states)
     return value.nbytes
 
 
@@ -146,12 +156,14 @@ class Retrieval:
     def check(self, spec: CaseSpec) -> None:
         if spec.mode != "eager":
             raise UnsupportedCase(f"retrieval cases are timed eager only, not {spec.mode}")
+        if spec.rerank_k is not None and spec.rerank_k < 1:
+            raise UnsupportedCase(f"rerank_k must be at least 1, got {spec.rerank_k}")
 
     def measure(self, ctx: CaseContext) -> CaseResult:
         """Probe batch sizes, time the gallery step, then the query step; the stages of both
         steps in one result."""
         spec, n = ctx.spec, ctx.spec.gallery_size or 0
-        retriever = Retriever(ctx.model, direction(spec.task or "")).to(ctx.device).eval()
+        retriever = _retriever(ctx).to(ctx.device).eval()
         steps = tuple(retriever.stages())
         inputs = _inputs(ctx.model, spec, ctx.options.seed, ctx.device)
         params_total, params = count_params(retriever, steps)
@@ -166,9 +178,9 @@ class Retrieval:
             return state["cache"]
 
         reset_peak(ctx.device)
-        gallery = _time_step(ctx, retriever, steps, "gallery", gallery_forward)
+        gallery = _time_gallery(ctx, retriever, steps, gallery_forward, n)
         cache = state["cache"]
-        pair_probe = _probe_pairs(ctx, retriever, inputs, cache, n)
+        pair_probe = _probe_pairs(ctx, retriever, inputs, cache)
         pair_batch = pair_probe.size if pair_probe else None
         query = _time_step(ctx, retriever, steps, "query", lambda: ctx.run(
             lambda: retriever("query", inputs.query, cache, pair_batch)))
@@ -177,7 +189,8 @@ class Retrieval:
                                               ctx.model.visual_kind)
         ctx.settings["iterations"] = _iterations(gallery.measured, query.measured)
         ctx.settings["energy"] = query.energy  # per query: what one search costs
-        workload = _workload(gallery, query, n, gallery_probe.size, pair_batch)
+        workload = _workload(gallery, query, n, gallery_probe.size, pair_probe,
+                             retriever.k_for(n))
         stages = ctx.stage_results(
             steps, samples={**gallery.measured.stages_ms, **query.measured.stages_ms},
             calls={**gallery.measured.calls, **query.measured.calls},
@@ -190,62 +203,117 @@ class Retrieval:
             peak_mem_bytes=peak_bytes(ctx.device))
 
 
-def _probe_pairs(ctx: CaseContext, retriever: Retriever, inputs: _Inputs, cache: Any,
-                 n: int) -> BatchProbe | None:
-    """A fusion model's pair batch: the largest that fits, up to N (None for a dual encoder)."""
-    if retriever.dual:
+def _retriever(ctx: CaseContext) -> Retriever:
+    """The model's natural strategy; a re-ranking takes the case's ``rerank_k``, which only a
+    re-ranking may have (a suite gives it to those models alone)."""
+    spec = ctx.spec
+    natural = strategies(ctx.model.fusion)[0]
+    if (spec.rerank_k is not None) != (natural == "rerank"):
+        have = f"rerank_k {spec.rerank_k}" if spec.rerank_k is not None else "no rerank_k"
+        raise UnsupportedCase(f"{spec.model} retrieves by {natural!r} and the case has {have}: "
+                              "rerank_k goes with re-ranking models only")
+    return Retriever(ctx.model, direction(spec.task or ""), k=spec.rerank_k)
+
+
+def _time_gallery(ctx: CaseContext, retriever: Retriever, steps: tuple[Stage, ...],
+                  forward: Callable[[], object], n: int) -> _Step:
+    """The gallery step; a cache that does not fit is out of memory, said so (the case's
+    ``oom`` record), not a crash."""
+    try:
+        return _time_step(ctx, retriever, steps, "gallery", forward)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc) else type(exc).__name__
+        raise MemoryError(f"the gallery cache of {n} items ({_CACHED[retriever.strategy]}) "
+                          f"does not fit: {first}") from exc
+
+
+def _probe_pairs(ctx: CaseContext, retriever: Retriever, inputs: _Inputs,
+                 cache: Any) -> BatchProbe | None:
+    """The pair batch: the largest that fits, up to the pairs a query scores (N, or a
+    re-ranking's k); None for a dual encoder."""
+    found = ctx.run(lambda: retriever.pair_step(inputs.query, cache))
+    if found is None:
         return None
-    side = retriever.query.get_submodule(retriever.query_side)
-    query_tokens = ctx.run(lambda: side(*inputs.query))
-    return find_batch_size(
-        lambda b: ctx.run(lambda: retriever.query.pairs(query_tokens, take(cache, 0, b))), n)
+    step, limit = found
+    return find_batch_size(lambda b: ctx.run(lambda: step(b)), limit)
 
 
 def _workload(gallery: _Step, query: _Step, n: int, gallery_batch: int,
-              pair_batch: int | None) -> dict[str, dict[str, int]]:
+              pair_probe: BatchProbe | None, k: int | None) -> dict[str, dict[str, int]]:
     """The stages' recorded work, plus what the steps did per gallery: items and batches."""
     workload = {**gallery.workload, **query.workload}
     workload["gallery"] = {"items": n, "batch": gallery_batch,
                            "batches": math.ceil(n / gallery_batch)}
-    if pair_batch is not None:
-        workload["query.pairs"] = {"pairs": n, "batch": pair_batch,
-                                   "batches": math.ceil(n / pair_batch)}
+    if pair_probe is not None:
+        pairs = n if k is None else k
+        workload["query.pairs"] = {"pairs": pairs, "batch": pair_probe.size,
+                                   "batches": math.ceil(pairs / pair_probe.size)}
+    if k is not None:
+        workload["query.topk"] = {"k": k, "items": n}
     return workload
 
 
+#: what each strategy caches per gallery item, in words
+_CACHED = {"cached": "unit embeddings", "joint": "embedder tokens",
+           "rerank": "ITC embeddings and the token sequences the fusion reads"}
+
+
+def _words(retriever: Retriever, visual_kind: str, k: int | None) -> tuple[str, str]:
+    """(offline, per query): what each step runs and caches, in words."""
+    q, g = retriever.query_side, retriever.gallery_side
+    item = "image" if g == "visual" else "text"
+    if retriever.strategy == "cached":
+        return (f"each {item} through the {g} embedder, the {g} tower and the projection; "
+                "cached: unit embeddings",
+                f"the {q} embedder and tower once, one (N x E) product, a sort")
+    if retriever.strategy == "rerank":
+        return (f"each {item} through the {g} embedder and the ITC path; cached: its unit "
+                "embedding and the token sequence the fusion reads",
+                f"the {q} embedder and ITC path once, one (N x E) product, the top k = {k}, "
+                "the fusion and its matching head over the k pairs in batches, a sort of the k")
+    tokens = f"{visual_kind} tokens" if g == "visual" else "token embeddings"
+    return (f"each {item} through the {g} embedder; cached: its {tokens}",
+            f"the {q} embedder once, then the fusion and a matching head per pair, in batches; "
+            "a sort")
+
+
 def _describe(retriever: Retriever, spec: CaseSpec, gallery_probe: BatchProbe,
-              pair_probe: BatchProbe | None, items_note: str, cache: torch.Tensor | Tokens,
+              pair_probe: BatchProbe | None, items_note: str, cache: Any,
               gallery: Measurement, visual_kind: str) -> dict[str, Any]:
     """What each step ran and what it cached, in words and numbers, for the record."""
     n = spec.gallery_size or 0
-    q, g = retriever.query_side, retriever.gallery_side
-    item = "image" if g == "visual" else "text"
-    if retriever.dual:
-        strategy = "cached"
-        offline = (f"each {item} through the {g} embedder, the {g} tower and the projection; "
-                   "cached: unit embeddings")
-        per_query = f"the {q} embedder and tower once, one (N x E) product, a sort"
-    else:
-        strategy = "joint"
-        tokens = f"{visual_kind} tokens" if g == "visual" else "token embeddings"
-        offline = f"each {item} through the {g} embedder; cached: its {tokens}"
-        per_query = (f"the {q} embedder once, then the fusion and a matching head per pair, in "
-                     "batches; a sort")
-    shape = cache.embeds.shape if isinstance(cache, Tokens) else cache.shape
-    return {
-        "task": spec.task, "direction": retriever.direction, "strategy": strategy,
+    k = retriever.k_for(n)
+    offline, per_query = _words(retriever, visual_kind, k)
+    pairs = n if k is None else k
+    out = {
+        "task": spec.task, "direction": retriever.direction, "strategy": retriever.strategy,
         "gallery_items": n, "offline": offline, "per_query": per_query,
-        "gallery_inputs": items_note, "cached_shape": list(shape),
-        "cached_bytes": _nbytes(cache),
+        "gallery_inputs": items_note, **_cache_record(cache),
         "gallery_batch": gallery_probe.size, "gallery_batches": math.ceil(n / gallery_probe.size),
         "gallery_probe": gallery_probe.settings(),
         "gallery_end_to_end_ms": summarize(gallery.end_to_end_ms).median_ms,
         "pair_batch": pair_probe.size if pair_probe else None,
-        "pair_batches": math.ceil(n / pair_probe.size) if pair_probe else None,
+        "pair_batches": math.ceil(pairs / pair_probe.size) if pair_probe else None,
         "pair_probe": pair_probe.settings() if pair_probe else None,
         "batch_sizes_found": "largest that fits up to N: doubling from 1, bisection after an "
                              "out of memory (vlbench.scenarios.batching.find_batch_size)",
     }
+    if k is not None:
+        out.update(k=k, k_requested=spec.rerank_k, cost_terms=retriever.cost_terms(),
+                   what_if=retriever.what_if)
+    return out
+
+
+def _cache_record(cache: Any) -> dict[str, Any]:
+    """The gallery cache's shape and bytes (a re-ranking's: the token sequences' too)."""
+    if isinstance(cache, RerankIndex):
+        return {"cached_shape": list(cache.states.embeds.shape),
+                "cached_embedding_shape": list(cache.embeddings.shape),
+                "cached_bytes": _nbytes(cache), "cached_states_bytes": _nbytes(cache.states)}
+    shape = cache.embeds.shape if isinstance(cache, Tokens) else cache.shape
+    return {"cached_shape": list(shape), "cached_bytes": _nbytes(cache)}
 
 
 def _iterations(gallery: Measurement, query: Measurement) -> str:
