@@ -14,6 +14,7 @@ from .fusion import FUSIONS, FusionOutput, build_fusion, fusion_spec_for_config
 from .heads import build_head
 from .model import VLModel
 from .preset import PRESETS, Preset
+from .variants import is_variant
 
 
 def build_model(preset: str | Preset, *, head: bool = False) -> VLModel:
@@ -49,6 +50,7 @@ __all__ = [
     "VLModel",
     "build_model",
     "compose",
+    "is_variant",
     "list_models",
     "pair_matrix",
     "resolve_preset",
