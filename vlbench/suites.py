@@ -11,6 +11,12 @@ a model's larger batch sizes once one is out of memory (``vlbench.launchers.OomC
 list of CPU thread counts or ``all`` (1 up to the cores this process may use), one case each;
 without it every case uses the run's thread count.
 
+A model entry may also fix its own ``precision`` and ``mode`` (one each, in place of the suite's
+lists and of ``--precisions`` / ``--modes``) and say ``gpu_only: REASON``: off a GPU that case is
+recorded as skipped with the reason (the ``regions`` suite's bf16 and compile steps). A model
+name may carry a variant suffix, ``uniter-base[nms=class-agnostic]``
+(``architectures.variants``); cases carry its canonical spelling, so their keys are stable.
+
 ``tasks`` makes a suite time something other than one forward (a scenario of
 ``vlbench.scenarios``): ``retrieval-t2i`` and ``retrieval-i2t`` rank a gallery. Such a suite
 names its gallery sizes ``gallery_sizes`` (a list, or ``{double_from: N, max: M}``; they are the
@@ -28,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from architectures import resolve_preset
+from architectures import is_variant, resolve_preset
 
 from . import parse
 from .results import CaseSpec
@@ -44,6 +50,11 @@ class ModelEntry:
     model: str
     image_size: tuple[int, int] | None = None
     text_len: int | None = None
+    #: this entry's one precision and mode, in place of the suite's lists; None: the suite's
+    precision: str | None = None
+    mode: str | None = None
+    #: why this entry is measured on a GPU only; elsewhere its cases are recorded as skipped
+    gpu_only: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,13 +80,17 @@ class Suite:
         out = []
         for entry in self.models:
             preset = resolve_preset(entry.model)
+            # a variant's canonical spelling (the preset's name), so its case keys are stable
+            model = preset.name if is_variant(entry.model) else entry.model
+            precisions = (entry.precision,) if entry.precision else self.precisions
+            modes = (entry.mode,) if entry.mode else self.modes
             for task in self.tasks:
                 for batch in sizes:
-                    for precision in self.precisions:
-                        for mode in self.modes:
+                    for precision in precisions:
+                        for mode in modes:
                             for threads in self.threads:
                                 out.append(CaseSpec(
-                                    model=entry.model,
+                                    model=model,
                                     batch_size=batch,
                                     image_size=entry.image_size or preset.image_size,
                                     text_len=entry.text_len or preset.text_len,
@@ -84,6 +99,7 @@ class Suite:
                                     mode=mode,
                                     threads=threads,
                                     task=task,
+                                    gpu_only=entry.gpu_only,
                                 ))
         return out
 
@@ -264,7 +280,7 @@ def _entry(item: Any) -> ModelEntry:
     if isinstance(item, str):
         return ModelEntry(item)
     if isinstance(item, dict) and "model" in item:
-        extra = set(item) - {"model", "image_size", "text_len"}
+        extra = set(item) - {"model", "image_size", "text_len", "precision", "mode", "gpu_only"}
         if extra:
             raise ValueError(f"unknown model entry key(s) {', '.join(sorted(map(str, extra)))}")
         size = item.get("image_size")
@@ -272,6 +288,17 @@ def _entry(item: Any) -> ModelEntry:
         if text_len is not None and not _positive_int(text_len):
             raise ValueError(f"text_len must be a positive integer, got {text_len!r}")
         return ModelEntry(
-            str(item["model"]), parse.image_size(size) if size is not None else None, text_len
+            str(item["model"]), parse.image_size(size) if size is not None else None, text_len,
+            **_entry_how(item),
         )
     raise ValueError(f"a model entry is a name or a mapping with 'model', got {item!r}")
+
+
+def _entry_how(item: dict) -> dict[str, str | None]:
+    """An entry's own ``precision`` and ``mode`` (one each) and its ``gpu_only`` reason."""
+    precision, mode, why = (item.get(k) for k in ("precision", "mode", "gpu_only"))
+    if why is not None and (not isinstance(why, str) or not why.strip()):
+        raise ValueError(f"gpu_only is the reason the entry needs a GPU (text), got {why!r}")
+    return {"precision": parse.precisions([precision])[0] if precision is not None else None,
+            "mode": parse.execution_modes([mode])[0] if mode is not None else None,
+            "gpu_only": why.strip() if why is not None else None}
