@@ -87,8 +87,9 @@ def _suite(plan: PlanOptions) -> Suite:
             resolve_preset(name)  # one-line KeyError listing the valid names
         entries = tuple(ModelEntry(m) for m in names)
     entries = tuple(
-        ModelEntry(resolve_preset(e.model, plan.size).name if plan.size else e.model,
-                   plan.image_size or e.image_size, plan.text_len or e.text_len)
+        dataclasses.replace(
+            e, model=resolve_preset(e.model, plan.size).name if plan.size else e.model,
+            image_size=plan.image_size or e.image_size, text_len=plan.text_len or e.text_len)
         for e in entries)
     changes: dict = {"models": entries}
     if plan.batch_sizes:
