@@ -28,6 +28,7 @@ from ..session import execute
 from ..store import Store, default_db_path
 from ..suites import ModelEntry, Suite, load_suite
 from ..table import results_table
+from ..waterfall import waterfall_summary
 from .parsers import UsageError
 from .read import report_to
 from .run_options import (
@@ -147,6 +148,9 @@ def _execute(store: Store, run_id: int, cases: Sequence[CaseSpec], options: RunO
         print("\n" + scaling_table(fits))
     if any(r.spec.task for r in results):
         print("\n" + retrieval_summary(results))
+    waterfall = waterfall_summary(results)
+    if waterfall:
+        print("\n" + waterfall)
     print(f"\nrun {run_id} stored in {store.path}; export with: vlbench export --run {run_id}")
     if args.report:
         with open_store(store.path) as reader:
