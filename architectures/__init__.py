@@ -23,6 +23,7 @@ from .heads import build_head
 from .hf import HF_PRESETS, HFModel, HFPreset, build_hf_model, read_hf_dir
 from .model import VLModel
 from .preset import PRESETS, Preset
+from .variants import is_variant
 from .weights import check_weights, load_weights
 
 
@@ -109,6 +110,7 @@ __all__ = [
     "check_sources",
     "load_sources",
     "compose",
+    "is_variant",
     "list_models",
     "pair_matrix",
     "resolve_preset",

@@ -23,6 +23,7 @@ from feature_extractors import (
 from .fusion import FUSIONS, fusion_spec_for_config
 from .hf import HF_PRESETS, HFPreset
 from .preset import PRESETS, Preset
+from .variants import apply_variant, split_variant
 
 SIZES = ("base", "tiny")
 
@@ -70,10 +71,15 @@ def resolve_preset(name: str, size: str | None = None) -> Preset | HFPreset:
     """A preset, an ``hf-`` preset (transformers' own class, ``architectures.hf``) or an
     ``embedder+fusion`` pair by name; ``size="tiny"`` gives its tiny twin.
 
-    A ``-tiny`` suffix works too. Unknown names fail with one line listing what exists.
+    A ``-tiny`` suffix works too. Unknown names fail with one line listing what exists. A
+    ``[field=value,...]`` suffix varies the visual embedder's config (``architectures.variants``:
+    ``uniter-base[nms=class-agnostic]``; with ``size="tiny"``, ``uniter-base-tiny[...]``).
     """
     if size not in (None, *SIZES):
         raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZES)}")
+    base, overrides = split_variant(name)
+    if overrides:
+        return apply_variant(resolve_preset(base, size), overrides)
     if "+" in name:
         pair = name.removesuffix("-tiny")
         visual, _, fusion = pair.partition("+")

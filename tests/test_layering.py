@@ -30,7 +30,7 @@ TORCH = ("torch", "torchvision", "timm", "transformers")
 READERS = tuple(f"vlbench.{name}" for name in (
     "results", "stats", "paper", "store", "store_schema", "runs", "case_keys", "upgrade",
     "export", "read_export", "compare", "rank_test", "gate", "table", "rounds", "fit",
-    "retrieval_cost", "retrieval_fit", "devices", "contention",
+    "retrieval_cost", "retrieval_fit", "devices", "contention", "waterfall",
 ))
 READER_PACKAGES = ("vlbench.report",)
 

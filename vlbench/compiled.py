@@ -1,7 +1,8 @@
-"""Compiled and graph-captured cases, timed end to end only: a forward hook would split a
-compiled graph at every stage boundary and never runs on CUDA-graph replay (DESIGN: "Hooks and
-compilation do not mix"). The cold-start cost (compiling, or warming up and capturing) is
-returned separately so it is recorded, not hidden in the samples."""
+"""Compiled and graph-captured cases (``compile``: the whole model; ``compile-fusion``: its
+``fusion`` only), timed end to end only: a forward hook would split a compiled graph at every
+stage boundary and never runs on CUDA-graph replay (DESIGN: "Hooks and compilation do not mix").
+The cold-start cost (compiling, or warming up and capturing) is returned separately so it is
+recorded, not hidden in the samples."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from .context import CaseContext
+from .failures import UnsupportedCase
 from .options import TimingOptions
 from .timing import time_end_to_end
 
@@ -32,7 +34,7 @@ def check_backend(name: str | None) -> None:
 def prepare_compiled(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, Any]]:
     """The forward to time for a compiled or captured case, the cold-start seconds (the first
     compiled forward, or warm-up plus capture) and what to record about it."""
-    if ctx.spec.mode == "compile":
+    if ctx.spec.mode in ("compile", "compile-fusion"):
         return _compile(ctx)
     return _capture(ctx)
 
@@ -48,7 +50,17 @@ def _compile(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, A
     backend = ctx.options.compile_backend
     torch._dynamo.reset()  # every case pays its own compile: the cold start is recorded
     torch._dynamo.utils.counters.clear()
-    compiled = torch.compile(ctx.model, backend=backend) if backend else torch.compile(ctx.model)
+    kwargs = {"backend": backend} if backend else {}
+    if ctx.spec.mode == "compile-fusion":
+        # the fusion alone, in place (nn.Module.compile keeps the module tree); the detector's
+        # data-dependent stages stay eager, as a deployment that compiles the transformer has it
+        fusion = getattr(ctx.model, "fusion", None)
+        if not isinstance(fusion, torch.nn.Module):
+            raise UnsupportedCase("compile-fusion needs a model with a 'fusion' submodule")
+        fusion.compile(**kwargs)
+        compiled = ctx.model
+    else:
+        compiled = torch.compile(ctx.model, **kwargs)
 
     def timed() -> object:
         return ctx.call(compiled)
@@ -58,7 +70,8 @@ def _compile(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, A
     _sync(ctx.device)
     cold = time.perf_counter() - began
     breaks = sum(torch._dynamo.utils.counters["graph_break"].values())
-    return timed, cold, {"compile_backend": backend or "inductor", "graph_breaks": breaks}
+    return timed, cold, {"compile_backend": backend or "inductor", "graph_breaks": breaks,
+                         "compiled": "fusion" if ctx.spec.mode == "compile-fusion" else "model"}
 
 
 def _capture(ctx: CaseContext) -> tuple[Callable[[], object], float, dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Iterable
 
 from .results import EXECUTION_MODES, PRECISIONS
@@ -123,8 +124,9 @@ def int_list(text: object, what: str) -> tuple[int, ...]:
 
 
 def names(text: object, what: str) -> list[str]:
-    """'a,b' -> ['a', 'b']; an empty list is an error, not "all"."""
-    out = [n.strip() for n in str(text).split(",") if n.strip()]
+    """'a,b' -> ['a', 'b']; an empty list is an error, not "all". A comma inside a model
+    variant's brackets (``uniter-base[nms=class-agnostic,post_nms_top_n=100]``) is the name's."""
+    out = [n.strip() for n in re.split(r",(?![^\[\]]*\])", str(text)) if n.strip()]
     if not out:
         raise BadValue(f"expected comma-separated {what}, got {text!r}")
     return out

@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 
 STATUSES = ("ok", "oom", "error")
 #: execution modes a case can ask for (``CaseSpec.mode``)
-EXECUTION_MODES = ("eager", "compile", "cudagraphs")
+EXECUTION_MODES = ("eager", "compile", "cudagraphs", "compile-fusion")
 #: numeric precisions a case can ask for (``CaseSpec.precision``; ``vlbench.precision`` sets them)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: how every FLOP count of vlbench is counted (torch.utils.flop_counter's convention)
@@ -120,8 +120,9 @@ class CaseSpec:
     text_len: int
     precision: str
     device: str
-    #: execution mode: "eager", "compile" (torch.compile, timed end to end only) or
-    #: "cudagraphs" (CUDA graph replay, GPU only, timed end to end only)
+    #: execution mode: "eager", "compile" (torch.compile, timed end to end only),
+    #: "cudagraphs" (CUDA graph replay, GPU only, timed end to end only) or "compile-fusion"
+    #: (torch.compile of the model's ``fusion`` only, the rest eager; timed end to end only)
     mode: str = "eager"
     #: torch intra-op threads for this case; None: the run's setting
     threads: int | None = None
@@ -136,6 +137,9 @@ class CaseSpec:
     #: ranking's top k go through the fusion, k clamped to the gallery size (the k used is
     #: ``settings["retrieval"]["k"]``); None for every other case
     rerank_k: int | None = None
+    #: why the case is measured on a GPU only (a suite entry's ``gpu_only``); on another device
+    #: it is recorded as skipped (``is_skipped``) with this reason
+    gpu_only: str | None = None
 
     @property
     def gallery_size(self) -> int | None:
@@ -210,6 +214,16 @@ class CaseResult:
                           paper_row=Table6Row(**row) if row else None,
                           paper_bar=Figure1Bar(**bar) if bar else None,
                           contention=contention, **rest)
+
+
+#: how the message of a case recorded as skipped begins (a GPU-only case on another device);
+#: its status is "error", so a resume tries it again
+SKIPPED = "skipped"
+
+
+def is_skipped(result: CaseResult) -> bool:
+    """A case that was not measured by design (``CaseSpec.gpu_only`` off a GPU), not a failure."""
+    return result.status == "error" and result.message.startswith(SKIPPED)
 
 
 def stage_gap(result: CaseResult) -> float | None:

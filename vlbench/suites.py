@@ -11,6 +11,12 @@ a model's larger batch sizes once one is out of memory (``vlbench.launchers.OomC
 list of CPU thread counts or ``all`` (1 up to the cores this process may use), one case each;
 without it every case uses the run's thread count.
 
+A model entry may also fix its own ``precision`` and ``mode`` (one each, in place of the suite's
+lists and of ``--precisions`` / ``--modes``) and say ``gpu_only: REASON``: off a GPU that case is
+recorded as skipped with the reason (the ``regions`` suite's bf16 and compile steps). A model
+name may carry a variant suffix, ``uniter-base[nms=class-agnostic]``
+(``architectures.variants``); cases carry its canonical spelling, so their keys are stable.
+
 ``tasks`` makes a suite time something other than one forward (a scenario of
 ``vlbench.scenarios``): ``retrieval-t2i`` and ``retrieval-i2t`` rank a gallery. Such a suite
 names its gallery sizes ``gallery_sizes`` (a list, or ``{double_from: N, max: M}``; they are the
@@ -28,6 +34,7 @@ default 16, 128, 256; each clamped to N when measured), every other model one ca
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -57,6 +64,11 @@ class ModelEntry:
     model: str
     image_size: tuple[int, int] | None = None
     text_len: int | None = None
+    #: this entry's one precision and mode, in place of the suite's lists; None: the suite's
+    precision: str | None = None
+    mode: str | None = None
+    #: why this entry is measured on a GPU only; elsewhere its cases are recorded as skipped
+    gpu_only: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,7 @@ class Suite:
         """Every case of the suite; ValueError for an input a model cannot take at all (an image
         smaller than a detector's smallest anchor, or than one patch), before anything is
         built."""
-        from architectures import check_input, resolve_preset  # model code: loaded when needed
+        from architectures import check_input, is_variant, resolve_preset  # model code: on use
 
         sizes = self.batch_sizes
         if device.startswith("cuda") and self.cuda_batch_sizes is not None:
@@ -100,24 +112,19 @@ class Suite:
             except ValueError as exc:
                 raise ValueError(f"{entry.model}: {exc}; give a larger --image-size (or the "
                                  "suite's image_size)") from None
+            # a variant's canonical spelling (the preset's name), so its case keys are stable
+            model = preset.name if is_variant(entry.model) else entry.model
+            precisions = (entry.precision,) if entry.precision else self.precisions
+            modes = (entry.mode,) if entry.mode else self.modes
             for task in self.tasks:
-                for k in self.rerank_ks(entry.model, task):
-                    for batch in sizes:
-                        for precision in self.precisions:
-                            for mode in self.modes:
-                                for threads in self.threads:
-                                    out.append(CaseSpec(
-                                        model=entry.model,
-                                        batch_size=batch,
-                                        image_size=image_size,
-                                        text_len=entry.text_len or preset.text_len,
-                                        precision=precision,
-                                        device=device,
-                                        mode=mode,
-                                        threads=threads,
-                                        task=task,
-                                        rerank_k=k,
-                                    ))
+                out.extend(
+                    CaseSpec(model=model, batch_size=batch, image_size=image_size,
+                             text_len=entry.text_len or preset.text_len, precision=precision,
+                             device=device, mode=mode, threads=threads, task=task, rerank_k=k,
+                             gpu_only=entry.gpu_only)
+                    for k, batch, precision, mode, threads in itertools.product(
+                        self.rerank_ks(entry.model, task), sizes, precisions, modes,
+                        self.threads))
         return out
 
 
@@ -343,7 +350,7 @@ def _entry(item: Any) -> ModelEntry:
     if isinstance(item, str):
         return ModelEntry(item)
     if isinstance(item, dict) and "model" in item:
-        extra = set(item) - {"model", "image_size", "text_len"}
+        extra = set(item) - {"model", "image_size", "text_len", "precision", "mode", "gpu_only"}
         if extra:
             raise ValueError(f"unknown model entry key(s) {', '.join(sorted(map(str, extra)))}")
         size = item.get("image_size")
@@ -351,6 +358,17 @@ def _entry(item: Any) -> ModelEntry:
         if text_len is not None and not _positive_int(text_len):
             raise ValueError(f"text_len must be a positive integer, got {text_len!r}")
         return ModelEntry(
-            str(item["model"]), parse.image_size(size) if size is not None else None, text_len
+            str(item["model"]), parse.image_size(size) if size is not None else None, text_len,
+            **_entry_how(item),
         )
     raise ValueError(f"a model entry is a name or a mapping with 'model', got {item!r}")
+
+
+def _entry_how(item: dict) -> dict[str, str | None]:
+    """An entry's own ``precision`` and ``mode`` (one each) and its ``gpu_only`` reason."""
+    precision, mode, why = (item.get(k) for k in ("precision", "mode", "gpu_only"))
+    if why is not None and (not isinstance(why, str) or not why.strip()):
+        raise ValueError(f"gpu_only is the reason the entry needs a GPU (text), got {why!r}")
+    return {"precision": parse.precisions([precision])[0] if precision is not None else None,
+            "mode": parse.execution_modes([mode])[0] if mode is not None else None,
+            "gpu_only": why.strip() if why is not None else None}

@@ -31,6 +31,7 @@ from ..session import execute
 from ..store import Store, default_db_path
 from ..suites import ModelEntry, Suite, load_suite
 from ..table import results_table
+from ..waterfall import waterfall_summary
 from .parsers import UsageError
 from .read import report_to
 from .run_options import (
@@ -119,8 +120,9 @@ def _suite(plan: PlanOptions) -> Suite:
             resolve_preset(name)  # one-line KeyError listing the valid names
         entries = tuple(ModelEntry(m) for m in names)
     entries = tuple(
-        ModelEntry(resolve_preset(e.model, plan.size).name if plan.size else e.model,
-                   plan.image_size or e.image_size, plan.text_len or e.text_len)
+        dataclasses.replace(
+            e, model=resolve_preset(e.model, plan.size).name if plan.size else e.model,
+            image_size=plan.image_size or e.image_size, text_len=plan.text_len or e.text_len)
         for e in entries)
     changes: dict = {"models": entries}
     if plan.batch_sizes:
@@ -179,6 +181,9 @@ def _execute(store: Store, run_id: int, cases: Sequence[CaseSpec], options: RunO
         print("\n" + scaling_table(fits))
     if any(r.spec.task for r in results):
         print("\n" + retrieval_summary(results))
+    waterfall = waterfall_summary(results)
+    if waterfall:
+        print("\n" + waterfall)
     busy = advice(results)
     if busy:
         print(f"\n{busy}", file=sys.stderr)

@@ -67,7 +67,7 @@ class PlanOptions:
     modes: tuple[str, ...] | None = field(default=None, metadata=flag(
         "--modes", type=_listed(parse.execution_modes, "modes"),
         help="comma-separated execution modes: eager, compile (torch.compile, timed end to end "
-        "only), cudagraphs (GPU only)"))
+        "only), cudagraphs (GPU only), compile-fusion (torch.compile of the fusion only)"))
     image_size: tuple[int, int] | None = field(default=None, metadata=flag(
         "--image-size", type=parse.image_size,
         help="HxW for every model (default: each canonical input)"))

@@ -21,7 +21,7 @@ from ..energy import with_energy
 from ..failures import UnsupportedCase
 from ..flops import count_flops, count_params
 from ..memory import peak_bytes, reset_peak
-from ..results import EXECUTION_MODES, CaseResult, CaseSpec
+from ..results import EXECUTION_MODES, SKIPPED, CaseResult, CaseSpec
 from ..timing import Measurement, StageMemory, measure
 from ..trace import count_kernels, write_trace
 
@@ -37,6 +37,8 @@ class Forward:
                                   f"{', '.join(EXECUTION_MODES)}")
         if spec.mode == "cudagraphs" and torch.device(spec.device).type != "cuda":
             raise UnsupportedCase("CUDA graphs need a GPU")
+        if spec.gpu_only and torch.device(spec.device).type != "cuda":
+            raise UnsupportedCase(f"{SKIPPED} on {spec.device}: {spec.gpu_only}")
 
     def measure(self, ctx: CaseContext) -> CaseResult:
         synced = [s.name for s in ctx.stages if s.host_sync]
