@@ -17,6 +17,7 @@ from torch import nn
 from feature_extractors import Stage, build_embedder, spec_for_config
 
 from . import presets, presets_itc  # noqa: F401 - importing them registers the presets
+from .backends import BACKENDS, case_preset, region_backend, with_region_backend
 from .compose import check_input, compose, pair_matrix, resolve_preset
 from .fusion import FUSIONS, FusionOutput, build_fusion, fusion_spec_for_config
 from .heads import build_head
@@ -104,7 +105,11 @@ __all__ = [
     "Preset",
     "Stage",
     "VLModel",
+    "BACKENDS",
     "build_loaded",
+    "case_preset",
+    "region_backend",
+    "with_region_backend",
     "build_model",
     "check_input",
     "check_sources",

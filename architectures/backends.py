@@ -4,7 +4,7 @@
 same detector built on detectron2 (same boxes, classes, width and embedding style), or for a
 user's own detectron2 config and weights. Presets without a detector (patch, grid, precomputed
 regions) are returned unchanged, so one backend choice applies to a whole suite of mixed models.
-The preset keeps its name: a run on either backend is the same case, so ``compare`` pairs them.
+The preset keeps its name; a case on detectron2 says so in its ``region_backend`` (and its key).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 from feature_extractors import Detectron2RegionsConfig, RegionFeaturesConfig, require_detectron2
 
+from .compose import resolve_preset
+from .hf import HFPreset
 from .presets import Preset
 
 BACKENDS = ("vlbench", "detectron2")
@@ -50,8 +52,22 @@ def with_region_backend(preset: Preset, backend: str, d2_config: str | None = No
                    description=preset.description.removesuffix(_D2_SUFFIX) + _D2_SUFFIX)
 
 
-def region_backend(preset: Preset) -> str | None:
+def case_preset(name: str, backend: str | None = None, d2_config: str | None = None,
+                d2_weights: str | None = None) -> Preset | HFPreset:
+    """The preset a case builds: ``name`` with its detector on ``backend`` (None: vlbench's);
+    the detectron2 files apply on that backend only."""
+    preset = resolve_preset(name)
+    if backend is None or isinstance(preset, HFPreset):
+        return preset
+    if backend == "vlbench":
+        return with_region_backend(preset, backend)
+    return with_region_backend(preset, backend, d2_config, d2_weights)
+
+
+def region_backend(preset: Preset | HFPreset) -> str | None:
     """The backend of a preset's detector; None for a preset without one."""
+    if isinstance(preset, HFPreset):
+        return None
     if isinstance(preset.visual, Detectron2RegionsConfig):
         return "detectron2"
     return "vlbench" if isinstance(preset.visual, RegionFeaturesConfig) else None

@@ -8,6 +8,7 @@ everywhere (a subprocess hides detectron2).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +31,12 @@ from feature_extractors import (
     detectron2_available,
 )
 from feature_extractors.region.detectron2 import DETECTRON2_COMMIT
+from vlbench.case_keys import case_key, spec_from_key
+from vlbench.cli import NO_ISOLATION_ENV, main
 from vlbench.flops import count_flops, count_params
+from vlbench.store import Store
+from vlbench.suites import SuiteError, load_suite
+from vlbench.table import case_how
 
 
 @pytest.fixture()
@@ -271,3 +277,65 @@ def test_users_config_and_weights(d2, tmp_path):
                        match="^detectron2 weights file 'nowhere.pth' does not exist$"):
         with_region_backend(preset, "detectron2", d2_weights="nowhere.pth")
     assert asdict(swapped.visual)["d2_weights"] == str(weights)
+
+
+# --- through the command line ----------------------------------------------------------------
+
+_QUICK = ("--size", "tiny", "--image-size", "128x128", "--repeats", "2", "--min-time", "0",
+          "--warmup", "0", "--no-progress")
+
+
+def test_run_on_detectron2_records_the_backend_per_case(d2, tmp_path, monkeypatch):
+    """--region-backend reaches the cases with a detector only: their key and table say so, the
+    stages are ours by name and kind, and a mixed run's other model is untouched."""
+    monkeypatch.setenv(NO_ISOLATION_ENV, "1")
+    db = tmp_path / "d2.sqlite"
+    assert main(["run", "--models", "uniter-base,vilt-b32", "--region-backend", "detectron2",
+                 *_QUICK, "--db", str(db)]) == 0
+    assert main(["run", "--models", "uniter-base", *_QUICK, "--db", str(db)]) == 0
+    with Store.open(db) as store:
+        d2_run = {c.spec.model: c for c in store.cases(1)}
+        ours = store.cases(2)[0]
+    region, vilt = d2_run["uniter-base-tiny"], d2_run["vilt-b32-tiny"]
+    assert region.status == ours.status == "ok", region.message
+    assert region.spec.region_backend == "detectron2" and vilt.spec.region_backend is None
+    assert case_key(region.spec).endswith("|detectron2") and case_key(ours.spec) == case_key(
+        replace(region.spec, region_backend=None))
+    assert spec_from_key(case_key(region.spec)) == replace(region.spec, gpu_only=None)
+    assert [(s.name, s.kind) for s in region.stages] == [(s.name, s.kind) for s in ours.stages]
+    assert case_how(region.spec) == "fp32 d2"
+
+
+def test_profile_on_detectron2(d2, capsys):
+    assert main(["profile", "uniter-base", "--size", "tiny", "--region-backend", "detectron2",
+                 "--format", "json"]) == 0
+    profile = json.loads(capsys.readouterr().out)
+    assert profile["region_backend"] == "detectron2"
+    assert {"visual.backbone", "visual.rpn", "visual.nms", "visual.box_head"} <= set(
+        profile["stages"])
+
+
+def test_d2_files_without_the_backend_are_refused_before_the_store(tmp_path, capsys):
+    db = tmp_path / "never.sqlite"
+    code = main(["run", "--models", "uniter-base", "--size", "tiny", "--d2-config",
+                 str(tmp_path / "vg.yaml"), "--db", str(db)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and not db.exists()
+    assert err == ("vlbench: error: --d2-config and --d2-weights need --region-backend "
+                   "detectron2 and a model with a region detector")
+    assert main(["profile", "uniter-base", "--size", "tiny", "--d2-weights", "w.pth"]) == 2
+    assert "need --region-backend detectron2" in capsys.readouterr().err
+
+
+def test_suite_entries_choose_their_backend(tmp_path):
+    suite = tmp_path / "both.yaml"
+    suite.write_text("name: both\ndescription: d\nmodels:\n  - uniter-base-tiny\n"
+                     "  - {model: uniter-base-tiny, region_backend: detectron2}\n"
+                     "  - {model: vilt-b32-tiny, region_backend: detectron2}\n")
+    cases = load_suite(str(suite)).cases("cpu")
+    assert [c.region_backend for c in cases] == [None, "detectron2", None]  # vilt: no detector
+    assert len({case_key(c) for c in cases}) == 3  # both backends of one model, one run
+    suite.write_text("name: bad\ndescription: d\nmodels:\n"
+                     "  - {model: uniter-base-tiny, region_backend: caffe}\n")
+    with pytest.raises(SuiteError, match="region_backend is vlbench or detectron2, got 'caffe'"):
+        load_suite(str(suite))

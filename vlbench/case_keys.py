@@ -6,13 +6,14 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from vlbench.results import EXECUTION_MODES, CaseSpec
+from vlbench.results import EXECUTION_MODES, REGION_BACKENDS, CaseSpec
 
 
 def case_key(spec: CaseSpec) -> str:
     """A stable identity for a case within a run, so a resume can tell what is already done.
-    The execution mode, a per-case thread count and a re-ranking's k join the key only when they
-    are not the defaults, so the keys of eager runs stay what they were."""
+    The execution mode, a per-case thread count, a re-ranking's k and a region backend other than
+    vlbench's join the key only when they are not the defaults, so the keys of eager runs stay
+    what they were."""
     height, width = spec.image_size
     key = (
         f"{spec.model}|{spec.batch_size}|{height}x{width}|{spec.text_len}"
@@ -26,6 +27,8 @@ def case_key(spec: CaseSpec) -> str:
         key += f"|{spec.task}"
     if getattr(spec, "rerank_k", None) is not None:
         key += f"|k{spec.rerank_k}"
+    if getattr(spec, "region_backend", None):
+        key += f"|{spec.region_backend}"
     if getattr(spec, "side", None):
         key += f"|side{spec.side}"
     if getattr(spec, "round", 0):
@@ -57,6 +60,10 @@ def spec_from_key(key: str) -> CaseSpec:
             fields["threads"] = int(part[1:])
         elif re.fullmatch(r"r\d+", part):
             fields["round"] = int(part[1:])
+        elif re.fullmatch(r"k\d+", part):
+            fields["rerank_k"] = int(part[1:])
+        elif part in REGION_BACKENDS:
+            fields["region_backend"] = part
         elif part.startswith("side"):
             fields["side"] = part[4:]
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from architectures import build_model, load_sources, resolve_preset
+from architectures import build_model, case_preset, load_sources
 from feature_extractors import ImageBatch, RegionBatch, Stage
 
 from . import paper
@@ -122,7 +122,7 @@ class CaseContext:
         ``--weights``; an ``hf-`` preset from ``--hf-dir``), its example inputs at the case's
         sizes, its declared stages."""
         device, settings, peak = _prepare(spec, options, head=head)
-        preset = resolve_preset(spec.model)
+        preset = case_preset(spec.model, spec.region_backend, options.d2_config, options.d2_weights)
         model = build_model(preset, head=head, hf_dir=options.hf_dir)
         # checkpoint path, size, SHA-256; an hf- model's class and attention implementation
         settings.update(load_sources(model, preset, weights=options.weights))

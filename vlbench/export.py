@@ -58,6 +58,8 @@ task               str|null    null: one forward; ``retrieval-t2i``/``retrieval-
                                gallery of ``batch_size`` candidates
 rerank_k           int|null    a re-ranking retrieval case's candidates per query as asked (the
                                k used, clamped to N: ``settings.retrieval.k``); null otherwise
+region_backend     str|null    ``detectron2``: the region detector on detectron2's modules; null:
+                               vlbench's own (or no detector)
 status             str         ok, oom or error
 message            str         why a case is not ok; empty when ok
 end_to_end         timing|null end-to-end latency of one forward; null when not ok
@@ -201,7 +203,8 @@ SCHEMA_NAME = "vlbench.results"
 
 _CASE_COLUMNS = (
     "run_id", "model", "embedder", "fusion", "batch_size", "image_h", "image_w", "text_len",
-    "precision", "device", "mode", "threads", "round", "side", "task", "rerank_k", "status",
+    "precision", "device", "mode", "threads", "round", "side", "task", "rerank_k",
+    "region_backend", "status",
     "message",
 )
 _STAGE_TIMING_FIELDS = ("median_ms", "iqr_ms", "p90_ms", "cv", "n")
@@ -296,6 +299,7 @@ def case_row(result: CaseResult) -> dict[str, Any]:
         "side": spec.side,
         "task": spec.task,
         "rerank_k": spec.rerank_k,
+        "region_backend": spec.region_backend,
         "status": result.status,
         "message": result.message,
         "end_to_end": _timing(result.end_to_end, result.end_to_end_samples_ms) if ok else None,
@@ -353,7 +357,8 @@ def _flat_rows(export: dict[str, Any]) -> list[dict[str, Any]]:
                 **{k: case[k] for k in ("model", "embedder", "fusion", "batch_size", "text_len",
                                         "precision", "device", "status", "message")},
                 "mode": case.get("mode", "eager"), "round": case.get("round", 0),
-                **{k: case.get(k) for k in ("threads", "side", "task", "rerank_k")},
+                **{k: case.get(k) for k in ("threads", "side", "task", "rerank_k",
+                                                   "region_backend")},
                 "contended": busy["contended"] if busy else None,
                 "contention_reasons": "; ".join(busy["reasons"]) if busy else None,
             }

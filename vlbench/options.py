@@ -143,6 +143,14 @@ class MeasureOptions:
         "--weights", type=text, metavar="PATH",
         help="native presets: load trained weights from a transformers save_pretrained "
         "directory or a safetensors / torch state dict of the reference model"))
+    #: a user's own detectron2 network for the detectron2 region backend (local files)
+    d2_config: str | None = field(default=None, metadata=flag(
+        "--d2-config", type=text, metavar="FILE",
+        help="--region-backend detectron2: build the detector from this detectron2 config "
+        "(.yaml)"))
+    d2_weights: str | None = field(default=None, metadata=flag(
+        "--d2-weights", type=text, metavar="FILE",
+        help="--region-backend detectron2: load this detectron2 checkpoint (model_final.pth)"))
 
     def __post_init__(self) -> None:
         _check_fields(self)

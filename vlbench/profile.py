@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from architectures import HFPreset, build_model, check_input, resolve_preset
+from architectures import HFPreset, build_model, case_preset, check_input
+from architectures import region_backend as backend_of
 from feature_extractors import stage_workload
 
 from .flops import count_flops, count_params
@@ -29,9 +30,16 @@ def profile_model(
     batch_size: int = 1,
     head: bool = False,
     seed: int = 0,
+    region_backend: str | None = None,
+    d2_config: str | None = None,
+    d2_weights: str | None = None,
 ) -> dict[str, Any]:
-    """The export schema's field names: params_total, flops_total, stages {name: {...}}."""
-    preset = resolve_preset(name)
+    """The export schema's field names: params_total, flops_total, stages {name: {...}}.
+    ``region_backend`` "detectron2": a detector on detectron2's modules (or the user's
+    ``d2_config`` / ``d2_weights``)."""
+    if (d2_config or d2_weights) and region_backend != "detectron2":
+        raise ValueError("--d2-config and --d2-weights need --region-backend detectron2")
+    preset = case_preset(name, region_backend, d2_config, d2_weights)
     image_size = image_size or preset.image_size
     text_len = text_len or preset.text_len
     check_input(preset, image_size)  # one line, not an error deep in the model
@@ -50,6 +58,7 @@ def profile_model(
         flops_total, flops = count_flops(model, lambda: _call(model, inputs), stages)
     return {
         "model": name,
+        "region_backend": backend_of(preset),
         "batch_size": batch_size,
         "image_size": list(image_size),
         "text_len": text_len,

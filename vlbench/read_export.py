@@ -124,7 +124,7 @@ def case_record(row: dict[str, Any]) -> dict[str, Any]:
                  "precision": row["precision"], "device": row["device"],
                  "mode": row.get("mode", "eager"), "threads": row.get("threads"),
                  "round": row.get("round", 0), "side": row.get("side"), "task": row.get("task"),
-                 "rerank_k": row.get("rerank_k")},
+                 "rerank_k": row.get("rerank_k"), "region_backend": row.get("region_backend")},
         "status": row["status"], "message": row.get("message", ""),
         "embedder": row.get("embedder", ""), "fusion": row.get("fusion", ""),
         "tokens": dict(row.get("tokens", {})), "end_to_end": _summary(e2e),

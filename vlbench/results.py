@@ -22,6 +22,8 @@ SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "error")
 #: execution modes a case can ask for (``CaseSpec.mode``)
 EXECUTION_MODES = ("eager", "compile", "cudagraphs", "compile-fusion")
+#: the region detector's implementations other than vlbench's own (``CaseSpec.region_backend``)
+REGION_BACKENDS = ("detectron2",)
 #: numeric precisions a case can ask for (``CaseSpec.precision``; ``vlbench.precision`` sets them)
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 #: how every FLOP count of vlbench is counted (torch.utils.flop_counter's convention)
@@ -140,6 +142,9 @@ class CaseSpec:
     #: why the case is measured on a GPU only (a suite entry's ``gpu_only``); on another device
     #: it is recorded as skipped (``is_skipped``) with this reason
     gpu_only: str | None = None
+    #: the region detector's implementation: None for vlbench's own (torchvision parts),
+    #: "detectron2" for the same detector on detectron2's modules (``architectures.backends``)
+    region_backend: str | None = None
 
     @property
     def gallery_size(self) -> int | None:

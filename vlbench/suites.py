@@ -46,7 +46,7 @@ import yaml
 from . import parse
 from .machine import usable_cores
 from .options import TimingOptions, check_values
-from .results import CaseSpec
+from .results import REGION_BACKENDS, CaseSpec
 from .retrieval_cost import TASKS as RETRIEVAL_TASKS
 from .suite_file import load_yaml, read_bounded
 
@@ -69,6 +69,8 @@ class ModelEntry:
     mode: str | None = None
     #: why this entry is measured on a GPU only; elsewhere its cases are recorded as skipped
     gpu_only: str | None = None
+    #: "detectron2": this entry's region detector on detectron2's modules; None: vlbench's
+    region_backend: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,12 @@ class Suite:
         """Every case of the suite; ValueError for an input a model cannot take at all (an image
         smaller than a detector's smallest anchor, or than one patch), before anything is
         built."""
-        from architectures import check_input, is_variant, resolve_preset  # model code: on use
+        from architectures import (  # model code: loaded when cases are made
+            check_input,
+            is_variant,
+            region_backend,
+            resolve_preset,
+        )
 
         sizes = self.batch_sizes
         if device.startswith("cuda") and self.cuda_batch_sizes is not None:
@@ -116,12 +123,14 @@ class Suite:
             model = preset.name if is_variant(entry.model) else entry.model
             precisions = (entry.precision,) if entry.precision else self.precisions
             modes = (entry.mode,) if entry.mode else self.modes
+            # a backend choice applies to the models with a detector only
+            backend = entry.region_backend if region_backend(preset) else None
             for task in self.tasks:
                 out.extend(
                     CaseSpec(model=model, batch_size=batch, image_size=image_size,
                              text_len=entry.text_len or preset.text_len, precision=precision,
                              device=device, mode=mode, threads=threads, task=task, rerank_k=k,
-                             gpu_only=entry.gpu_only)
+                             gpu_only=entry.gpu_only, region_backend=backend)
                     for k, batch, precision, mode, threads in itertools.product(
                         self.rerank_ks(entry.model, task), sizes, precisions, modes,
                         self.threads))
@@ -350,7 +359,8 @@ def _entry(item: Any) -> ModelEntry:
     if isinstance(item, str):
         return ModelEntry(item)
     if isinstance(item, dict) and "model" in item:
-        extra = set(item) - {"model", "image_size", "text_len", "precision", "mode", "gpu_only"}
+        extra = set(item) - {"model", "image_size", "text_len", "precision", "mode", "gpu_only",
+                             "region_backend"}
         if extra:
             raise ValueError(f"unknown model entry key(s) {', '.join(sorted(map(str, extra)))}")
         size = item.get("image_size")
@@ -365,10 +375,16 @@ def _entry(item: Any) -> ModelEntry:
 
 
 def _entry_how(item: dict) -> dict[str, str | None]:
-    """An entry's own ``precision`` and ``mode`` (one each) and its ``gpu_only`` reason."""
-    precision, mode, why = (item.get(k) for k in ("precision", "mode", "gpu_only"))
+    """An entry's own ``precision``, ``mode`` and ``region_backend`` (one each) and its
+    ``gpu_only`` reason."""
+    precision, mode, why, backend = (item.get(k) for k in ("precision", "mode", "gpu_only",
+                                                           "region_backend"))
+    if backend not in (None, "vlbench", *REGION_BACKENDS):
+        raise ValueError(f"region_backend is vlbench or {' or '.join(REGION_BACKENDS)}, got "
+                         f"{backend!r}")
     if why is not None and (not isinstance(why, str) or not why.strip()):
         raise ValueError(f"gpu_only is the reason the entry needs a GPU (text), got {why!r}")
     return {"precision": parse.precisions([precision])[0] if precision is not None else None,
             "mode": parse.execution_modes([mode])[0] if mode is not None else None,
-            "gpu_only": why.strip() if why is not None else None}
+            "gpu_only": why.strip() if why is not None else None,
+            "region_backend": None if backend == "vlbench" else backend}

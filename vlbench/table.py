@@ -60,7 +60,8 @@ def results_table(results: Sequence[CaseResult]) -> str:
     lines.append("")
     lines.append("medians of the timed iterations; e2e without hooks, stages with hooks; "
                  f"* unstable (cv > 10%); ! stage sum off end-to-end by > {STAGE_GAP_LIMIT:.0%}; "
-                 "how: precision, mode, threads (tN) when the case sets them; fus GF/s %pk: the "
+                 "how: precision, mode, threads (tN) when the case sets them, d2: detectron2's "
+                 "detector; fus GF/s %pk: the "
                  "fusion's achieved GFLOP/s and share of the run's matmul peak; compiled cases "
                  "are timed end to end only")
     lines.extend(stops)
@@ -83,12 +84,15 @@ def samples_per_s(result: CaseResult) -> float:
 
 
 def case_how(spec: CaseSpec) -> str:
-    """'fp32', 'bf16 compile', 'fp32 t2': precision, mode when not eager, threads when set."""
+    """'fp32', 'bf16 compile', 'fp32 t2', 'fp32 d2': precision, mode when not eager, threads
+    when set, d2 when the region detector is detectron2's."""
     parts = [spec.precision]
     if spec.mode != "eager":
         parts.append(spec.mode)
     if spec.threads is not None:
         parts.append(f"t{spec.threads}")
+    if getattr(spec, "region_backend", None) == "detectron2":
+        parts.append("d2")
     return " ".join(parts)
 
 

@@ -6,7 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from architectures import FUSIONS, HF_PRESETS, PRESETS, pair_matrix, resolve_preset
+from architectures import (
+    FUSIONS,
+    HF_PRESETS,
+    PRESETS,
+    pair_matrix,
+    region_backend,
+    resolve_preset,
+)
 from architectures.hf import STAGE_MAPS
 from feature_extractors import EMBEDDERS
 
@@ -20,7 +27,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in PRESETS:
             p = PRESETS.get(name)
             h, w = p.image_size
-            print(f"{name:<30} {h}x{w} + {p.text_len} text  {p.description}")
+            # --region-backend detectron2 needs detectron2 installed (a one-line error says how)
+            backends = "  [region backends: vlbench, detectron2]" if region_backend(p) else ""
+            print(f"{name:<30} {h}x{w} + {p.text_len} text  {p.description}{backends}")
     elif args.what == "embedders":
         for name in EMBEDDERS:
             e = EMBEDDERS.get(name)
@@ -75,7 +84,9 @@ def _print_hf() -> None:
 def cmd_profile(args: argparse.Namespace) -> int:
     name = resolve_preset(args.model, args.size).name
     profile = profile_model(name, image_size=args.image_size, text_len=args.text_len,
-                            batch_size=args.batch_size, head=args.head)
+                            batch_size=args.batch_size, head=args.head,
+                            region_backend=args.region_backend, d2_config=args.d2_config,
+                            d2_weights=args.d2_weights)
     if args.format == "json":
         print(json.dumps(finite(profile), indent=2, allow_nan=False))
     else:

@@ -78,6 +78,12 @@ def _profile(sub: argparse._SubParsersAction, plugin: argparse.ArgumentParser) -
     p.add_argument("--text-len", type=parse.positive_int)
     p.add_argument("--batch-size", type=parse.positive_int, default=1)
     p.add_argument("--head", action="store_true")
+    p.add_argument("--region-backend", choices=["vlbench", "detectron2"],
+                   help="a region detector on vlbench's own modules (default) or detectron2's")
+    p.add_argument("--d2-config", type=parse.text, metavar="FILE",
+                   help="with --region-backend detectron2: the user's detectron2 config")
+    p.add_argument("--d2-weights", type=parse.text, metavar="FILE",
+                   help="with --region-backend detectron2: the user's detectron2 checkpoint")
     p.add_argument("--format", choices=["table", "json"], default="table")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from architectures import check_sources, resolve_preset
+from architectures import case_preset, check_sources, resolve_preset
 
 from ..compiled import check_backend
 from ..contention import advice
@@ -21,7 +21,7 @@ from ..context import DeviceError, apply_threads, resolve_device
 from ..env import collect_environment
 from ..fit import fit_token_scaling, scaling_table
 from ..launchers.ray_cluster import check_ray_available
-from ..options import RunOptions
+from ..options import MeasureOptions, RunOptions
 from ..results import CaseSpec
 from ..resume import reopen
 from ..retrieval_cost import retrieval_summary
@@ -78,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # --hf-dir / --weights that do not fit a model are refused here, before the store is touched
     check_sources([resolve_preset(m) for m in dict.fromkeys(c.model for c in cases)],
                   head=measure.head, hf_dir=measure.hf_dir, weights=measure.weights)
+    _check_region_backends(cases, measure)
     with open_store(args.db) as store:  # a bad --db is bad input before the machine is looked at
         load = machine_before(torch.get_num_threads(), require_quiet=plan.require_quiet)
         if load is not None and load.busy and plan.require_quiet:
@@ -110,6 +111,22 @@ def machine_before(threads: int, *, require_quiet: bool = False) -> MachineLoad 
     return load
 
 
+def _backend(flag: str) -> str | None:
+    """``--region-backend``'s value as a case stores it: None for vlbench's own detector."""
+    return None if flag == "vlbench" else flag
+
+
+def _check_region_backends(cases: list[CaseSpec], measure: MeasureOptions) -> None:
+    """One line, before the store is touched: detectron2 missing, a detectron2 file missing,
+    or detectron2 files given to a run with no case on that backend."""
+    on_d2 = dict.fromkeys(c.model for c in cases if c.region_backend == "detectron2")
+    if (measure.d2_config or measure.d2_weights) and not on_d2:
+        raise ValueError("--d2-config and --d2-weights need --region-backend detectron2 and a "
+                         "model with a region detector")
+    for model in on_d2:
+        case_preset(model, "detectron2", measure.d2_config, measure.d2_weights)
+
+
 def _suite(plan: PlanOptions) -> Suite:
     """The suite with the plan's flags applied: models, sizes, batch sizes, precisions, modes."""
     suite = load_suite(plan.suite or "latency")
@@ -122,7 +139,9 @@ def _suite(plan: PlanOptions) -> Suite:
     entries = tuple(
         dataclasses.replace(
             e, model=resolve_preset(e.model, plan.size).name if plan.size else e.model,
-            image_size=plan.image_size or e.image_size, text_len=plan.text_len or e.text_len)
+            image_size=plan.image_size or e.image_size, text_len=plan.text_len or e.text_len,
+            region_backend=_backend(plan.region_backend) if plan.region_backend
+            else e.region_backend)
         for e in entries)
     changes: dict = {"models": entries}
     if plan.batch_sizes:

@@ -74,6 +74,10 @@ class PlanOptions:
     text_len: int | None = field(default=None, metadata=flag(
         "--text-len", type=parse.positive_int,
         help="text tokens (default: each canonical input)"))
+    region_backend: str | None = field(default=None, metadata=flag(
+        "--region-backend", choices=["vlbench", "detectron2"],
+        help="region detectors on vlbench's own modules or detectron2's (default: each suite "
+        "entry's, else vlbench)"))
     label: str | None = field(default=None, metadata=flag(
         "--label", type=parse.text, help="a label stored with the run"))
     rounds: int | None = field(default=None, metadata=flag(
@@ -124,7 +128,8 @@ def measure_from(args: argparse.Namespace, timing: TimingOptions) -> MeasureOpti
         timing=timing, head=args.head, seed=0 if args.seed is None else args.seed,
         compile_backend=args.compile_backend or None,
         trace_dir=_absolute(args.trace_dir),
-        nvtx=args.nvtx, hf_dir=_absolute(args.hf_dir), weights=_absolute(args.weights))
+        nvtx=args.nvtx, hf_dir=_absolute(args.hf_dir), weights=_absolute(args.weights),
+        d2_config=_absolute(args.d2_config), d2_weights=_absolute(args.d2_weights))
 
 
 def _absolute(path: str | None) -> str | None:
