@@ -11,8 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from tests.hostile import assert_one_line, export, run_fresh, synthetic_store
+from hostile import assert_one_line, export, run_fresh, synthetic_store
 
 BAD_MEDIAN = "runs.0.cases.0.end_to_end.median_ms"
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 import torch
+from hostile import REPO, SPEC, assert_one_line, run_fresh, state, synthetic_store
 
 import vlbench.plugins as plugins
-from tests.hostile import REPO, SPEC, assert_one_line, run_fresh, state, synthetic_store
 from vlbench import interrupts
 from vlbench.cli import NO_ISOLATION_ENV, main
 from vlbench.launchers import ray_cluster

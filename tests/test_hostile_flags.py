@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import assert_one_line, run_fresh, state, synthetic_store
 
-from tests.hostile import assert_one_line, run_fresh, state, synthetic_store
 from vlbench.cli import main
 from vlbench.machine import usable_cores
 

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.hostile import (
+from hostile import (
     SPEC,
     assert_one_line,
     case,
@@ -25,6 +24,7 @@ from tests.hostile import (
     synthetic_store,
     vlbench_process,
 )
+
 from vlbench.cli import main
 from vlbench.records import VlbenchWarning
 from vlbench.results import CaseResult

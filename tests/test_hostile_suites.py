@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hostile import assert_one_line, run_fresh, state, synthetic_store
 
-from tests.hostile import assert_one_line, run_fresh, state, synthetic_store
 from vlbench.machine import usable_cores
 from vlbench.suite_file import MAX_BYTES
 from vlbench.suites import SuiteError, load_suite
