@@ -280,3 +280,33 @@ def test_a_report_of_retrieval_cases_only_points_at_their_section(old_store: Pat
         text = render_markdown(store, [2])
     assert not data.headline and [s.section.name for s in data.sections] == ["retrieval"]
     assert "no single-pair case (retrieval cases: below)" in text
+
+
+def test_energy_shows_for_gpu_runs_with_its_figures_or_why_not(tmp_path: Path) -> None:
+    """Joules per forward, above idle and idle power per GPU case; a case without a figure says
+    why; a CPU run, where every case says 'not a GPU run', has no energy section."""
+    gpu = dataclasses.replace(_forward_case("vilt-b32"), spec=CaseSpec(
+        "vilt-b32", 1, (384, 640), 40, "bf16", "cuda"), settings={"energy": {
+            "status": "measured", "window_s": 2.5, "forwards": 400,
+            "joules_per_forward": 0.4125, "idle_watts": 71.0,
+            "joules_above_idle_per_forward": 0.0119}})
+    hidden = dataclasses.replace(gpu, spec=dataclasses.replace(gpu.spec, model="clip-vit-b32"),
+                                 settings={"energy": {"status": "not available: NVML (libnvidia-"
+                                                      "ml) not found"}})
+    cpu = _forward_case("vilt-b32", settings={"energy": {
+        "status": "not available: not a GPU run"}})
+    with Store.open(tmp_path / "e.sqlite") as store:
+        runs = []
+        for cases in ((gpu, hidden), (cpu,)):
+            runs.append(store.start_run(label=None, suite=None, command="x", env={},
+                                        settings={}))
+            for case in cases:
+                store.add_case(runs[-1], case)
+        gpu_html = write_report(store, [runs[0]], out=tmp_path / "g.html").read_text()
+        gpu_md = render_markdown(store, [runs[0]])
+        cpu_html = write_report(store, [runs[1]], out=tmp_path / "c.html").read_text()
+    assert 'id="energy"' in gpu_html and 'id="energy"' not in cpu_html
+    rows = re.findall(r'<tr class="energy-row">(.*?)</tr>', gpu_html, re.S)
+    assert len(rows) == 2 and "0.412" in rows[0] and "0.0119" in rows[0] and "71.0" in rows[0]
+    assert "NVML (libnvidia-ml) not found" in rows[1] and "0.0" not in rows[1]
+    assert "| vilt-b32 | 1 | b1 384x640 bf16 | 0.412 | 0.0119 | 71 | measured |" in gpu_md

@@ -3,10 +3,11 @@ its module plus one line here."""
 
 from __future__ import annotations
 
-from vlbench.report import regions, retrieval
+from vlbench.report import energy, regions, retrieval
 from vlbench.report.section import Section
 
 SECTIONS: tuple[Section, ...] = (
     retrieval.SECTION,
     regions.SECTION,
+    energy.SECTION,
 )
