@@ -85,7 +85,7 @@ def test_without_detectron2_imports_work_and_choosing_it_is_one_line():
 def test_importing_the_packages_never_imports_detectron2():
     out = _python("""
         import sys
-        import feature_extractors, architectures, benchmarks.parity_detectron2
+        import feature_extractors, architectures, benchmarks.parity.detectron2
         assert "detectron2" not in sys.modules, "detectron2 must stay an optional import"
     """)
     assert out.returncode == 0, out.stderr

@@ -1,5 +1,5 @@
 """Our region detector against the same detector built on detectron2 (``benchmarks/
-parity_detectron2.py``): parameters per part, FLOPs per stage, workload, interleaved latency,
+parity/detectron2.py``): parameters per part, FLOPs per stage, workload, interleaved latency,
 and, with our weights copied into detectron2's trunk, the same activations.
 
 Tiny size runs forwards (seconds); full size counts on the meta device. Skips locally without
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.parity_detectron2 import (
+from benchmarks.parity.detectron2 import (
     OUTCOMES,
     build_pair,
     copy_trunk,

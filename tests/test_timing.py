@@ -60,7 +60,7 @@ def measured():
             return model(x)
 
     options = TimingOptions(warmup=2, min_repeats=12, min_time_s=0.0, max_repeats=12,
-                            cpu_share_above_s=float("inf"))  # always separate iterations
+                            cpu_share_above_s=1e9)  # always separate iterations
     return measure(forward, model, ["light", "heavy", "shared"], torch.device("cpu"), options)
 
 
@@ -155,7 +155,7 @@ def test_slow_cpu_cases_share_iterations_and_fast_ones_do_not():
         return model(x)
 
     never = TimingOptions(warmup=3, min_repeats=2, min_time_s=0.0, max_repeats=2,
-                          cpu_share_above_s=float("inf"))
+                          cpu_share_above_s=1e9)
     fast = measure(forward, model, ["light", "heavy"], torch.device("cpu"), never)
     assert not fast.shared and len(calls) == 3 + 2 * 2  # all warm-ups, two forwards a sample
     calls.clear()
@@ -181,7 +181,7 @@ def test_nvtx_ranges_wrap_each_stage_call(monkeypatch: pytest.MonkeyPatch) -> No
     x = torch.randn(8, 256)
     measured = measure(lambda: model(x), model, ["light", "heavy"], torch.device("cpu"),
                        TimingOptions(warmup=0, min_repeats=2, max_repeats=2, min_time_s=0.0,
-                                     cpu_share_above_s=float("inf")), nvtx=True)
+                                     cpu_share_above_s=1e9), nvtx=True)
     assert measured.forwards == 4  # two hooked and two plain iterations
     assert events.count("+light") == events.count("+heavy") == 2
     depth = 0

@@ -49,6 +49,23 @@ def watch() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def unheard_by_children() -> Iterator[None]:
+    """Processes started inside ignore SIGINT from their first instruction: an ignored signal
+    stays ignored across exec, and Python then installs no KeyboardInterrupt handler, so a
+    Ctrl-C while a worker still imports torch prints no traceback (the parent decides what an
+    interrupt means). Only for the instant of a start: a Ctrl-C then is not heard here either."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def received() -> bool:
     """Whether a real SIGINT arrived while ``watch`` was active."""
     return _received

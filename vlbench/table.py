@@ -23,23 +23,26 @@ def results_table(results: Sequence[CaseResult]) -> str:
         plain = [r for r in results if r.spec.task is None]
         tasks = "\n".join(retrieval_table([r for r in results if r.spec.task is not None]))
         return f"{results_table(plain)}\n\n{tasks}" if plain else tasks
-    header = (f"{'model':<26} {'b':>3} {'input':>13} {'how':<15} {'tokens':>8} {'e2e ms':>9} "
+    tags = device_tags(results)  # a run over several devices names each case's device
+    # an interleaved A/B run's side, and the device, after the name; long variant names widen it
+    labels = [r.spec.model + (f" [{r.spec.side}]" if r.spec.side else "") + tag
+              for r, tag in zip(results, tags, strict=True)]
+    w = max([26, *map(len, labels)])
+    header = (f"{'model':<{w}} {'b':>3} {'input':>13} {'how':<15} {'tokens':>8} {'e2e ms':>9} "
               f"{'cv':>6} {'sum ms':>9} {'visual':>8} {'text':>7} {'fusion':>8} "
               f"{'fus GF/s %pk':>12} {'GFLOPs':>8} {'params M':>9} {'peak MB':>8} "
               f"{'samples/s':>9} {'machine':<7}")
     lines = [header, "-" * len(header)]
     stops = []
-    tags = device_tags(results)  # a run over several devices names each case's device
-    for r, tag in zip(results, tags, strict=True):
-        side = f" [{r.spec.side}]" if r.spec.side else ""  # an interleaved A/B run's side
-        s = dataclasses.replace(r.spec, model=r.spec.model + side + tag)
+    for r, label in zip(results, labels, strict=True):
+        s = dataclasses.replace(r.spec, model=label)
         size = f"{s.image_size[0]}x{s.image_size[1]}+{s.text_len}"
         if r.status == "oom":
             stops.append(f"{s.model} {size}: stopped at batch {s.batch_size}: oom; "
                          "larger batch sizes not run")
         how = case_how(s)
         if r.status != "ok" or r.end_to_end is None:
-            lines.append(f"{s.model:<26} {s.batch_size:>3} {size:>13} {how:<15} "
+            lines.append(f"{s.model:<{w}} {s.batch_size:>3} {size:>13} {how:<15} "
                          f"{r.status.upper()}: {r.message}")
             continue
         top = {st.name: st.timing.median_ms for st in r.stages if st.parent is None and st.timing}
@@ -49,7 +52,7 @@ def results_table(results: Sequence[CaseResult]) -> str:
         unstable = "*" if r.end_to_end.unstable else " "
         peak = f"{r.peak_mem_bytes / 2**20:.0f}" if r.peak_mem_bytes else "-"
         lines.append(
-            f"{s.model:<26} {s.batch_size:>3} {size:>13} {how:<15} {tokens:>8} "
+            f"{s.model:<{w}} {s.batch_size:>3} {size:>13} {how:<15} {tokens:>8} "
             f"{_ms(r.end_to_end.median_ms):>8}{unstable} {r.end_to_end.cv:>6.1%} "
             f"{_ms(r.stage_sum_ms):>8}{flag} {_ms(top.get('visual')):>8} "
             f"{_ms(top.get('text')):>7} {_ms(top.get('fusion')):>8} "

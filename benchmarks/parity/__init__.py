@@ -2,7 +2,9 @@
 and submodule pairing per model family, shared by ``tests/test_parity*.py`` and the full-size
 script ``python -m benchmarks.parity`` (``script.py``). One module per family: ``vilt_clip``,
 ``lxmert_visualbert``, ``blip``; ``families`` says which implements a preset; ``common`` holds
-the counting they share; the script times both sides through vlbench's own measurement."""
+the counting they share; the script times both sides through vlbench's own measurement.
+``detectron2`` holds our region detector against the same detector on detectron2's modules
+(``python -m benchmarks.parity.detectron2``)."""
 
 from .blip import (
     BLIP_CONFIG_DIFFERENCES,

@@ -6,7 +6,7 @@ not on PyPI; this backend runs detectron2's backbone, RPN, RoI pooler, res5 head
 (``d2_build.py``) under the same stage names and kinds (``visual.backbone``, ``visual.rpn``,
 ``visual.roi_pool``, ``visual.box_head`` with ``predictor`` and ``attributes``, ``visual.nms``,
 ``visual.select``, ``visual.embed``), so reports, ``compare`` and the gate treat both alike, and
-``benchmarks/parity_detectron2.py`` can hold one against the other. After the box head the work
+``benchmarks/parity/detectron2.py`` can hold one against the other. After the box head the work
 is ours by construction: ``PerClassNMS`` loops over every class as bottom-up attention's feature
 extraction does (not detectron2's stock inference, which drops scores under 0.05 and keeps 100
 boxes), then ``BoxSelection`` and ``RegionEmbedding``; ``last_workload`` has our keys.

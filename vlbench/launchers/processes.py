@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from ..interrupts import unheard_by_children
 from ..options import RunOptions
 from ..results import CaseResult, CaseSpec
 from ..worker import serve
@@ -50,8 +51,10 @@ class _ForeignProcess:
                    "--parent", str(os.getpid()), "--options",
                    json.dumps(options.settings(), allow_nan=False)]
         try:
-            self._popen = subprocess.Popen(command, pass_fds=[child_sock.fileno()],
-                                           stdin=subprocess.DEVNULL, stdout=sys.stderr.fileno())
+            with unheard_by_children():
+                self._popen = subprocess.Popen(command, pass_fds=[child_sock.fileno()],
+                                               stdin=subprocess.DEVNULL,
+                                               stdout=sys.stderr.fileno())
         except OSError as exc:
             parent_sock.close()
             raise ValueError(f"cannot start worker with {python}: {exc.strerror or exc}") from None
@@ -93,7 +96,8 @@ class Worker:
             self._conn, child = _SPAWN.Pipe()
             self.process = _SPAWN.Process(target=serve, args=(child, options, os.getpid()),
                                           name="vlbench-worker", daemon=True)
-            self.process.start()
+            with unheard_by_children():
+                self.process.start()
             child.close()  # only the worker holds its end: its death reads as end-of-file here
         self.ready = False
 

@@ -6,7 +6,7 @@ proposals, per-class NMS over 1600 classes, 36 boxes) built twice, random weight
 part by part: parameters, FLOPs per stage, workload, and per-stage latency with the two
 detectors' forwards interleaved in one run (drift hits both alike):
 
-    python -m benchmarks.parity_detectron2 [--device auto|cpu|cuda] [--size tiny|full]
+    python -m benchmarks.parity.detectron2 [--device auto|cpu|cuda] [--size tiny|full]
                                            [--repeats N] [--warmup N] [--head c4|fpn]
 
 Counting rule, both sides: a parameter is a learned tensor of the network (conv, linear and
