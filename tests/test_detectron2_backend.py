@@ -34,6 +34,8 @@ from feature_extractors.region.detectron2 import DETECTRON2_COMMIT
 from vlbench.case_keys import case_key, spec_from_key
 from vlbench.cli import NO_ISOLATION_ENV, main
 from vlbench.flops import count_flops, count_params
+from vlbench.report import collect
+from vlbench.report.backends import backends_section
 from vlbench.store import Store
 from vlbench.suites import SuiteError, load_suite
 from vlbench.table import case_how
@@ -304,6 +306,13 @@ def test_run_on_detectron2_records_the_backend_per_case(d2, tmp_path, monkeypatc
     assert spec_from_key(case_key(region.spec)) == replace(region.spec, gpu_only=None)
     assert [(s.name, s.kind) for s in region.stages] == [(s.name, s.kind) for s in ours.stages]
     assert case_how(region.spec) == "fp32 d2"
+    with Store.open(db) as store:  # the report pairs the two backends' runs stage by stage
+        (pair,) = backends_section(collect(store, [1, 2]).cases).pairs
+    stages = {s.stage: s for s in pair.stages}
+    # the predictor regresses one box more on our side (background included, as the prototxt)
+    assert pair.run_ids == (2, 1) and set(pair.flops_differ) <= {"visual.box_head.predictor"}
+    assert stages["visual.backbone"].ours.params == stages["visual.backbone"].theirs.params > 0
+    assert stages["visual.rpn"].ratio is not None and stages["forward"].ratio is not None
 
 
 def test_profile_on_detectron2(d2, capsys):

@@ -162,6 +162,8 @@ def _label_cases(pairs: list[tuple[int, CaseResult]]) -> list[Case]:
         if len(per_model[r.spec.model]) > 1:
             s = r.spec
             label += f" {s.image_size[0]}x{s.image_size[1]}+{s.text_len} {s.precision}"
+        if r.spec.region_backend:  # the same model on another detector
+            label += f" on {r.spec.region_backend}"
         if r.spec.side is not None:  # an interleaved A/B run: A is the baseline side
             label += f" [{r.spec.side}]"
         if multi_run:

@@ -3,11 +3,12 @@ its module plus one line here."""
 
 from __future__ import annotations
 
-from vlbench.report import energy, regions, retrieval
+from vlbench.report import backends, energy, regions, retrieval
 from vlbench.report.section import Section
 
 SECTIONS: tuple[Section, ...] = (
     retrieval.SECTION,
     regions.SECTION,
+    backends.SECTION,
     energy.SECTION,
 )
