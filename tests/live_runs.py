@@ -5,6 +5,7 @@ is gone."""
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,13 @@ FOUR_CASES = ("--models", "vilt-b32-tiny", "--batch-sizes", "1,2,3,4", "--warmup
 DEADLINE_S = 120.0
 
 
+def as_in_a_terminal() -> None:
+    """Run in the child before exec: SIGINT handled as in a terminal's foreground job. Tests
+    started in the background (``nohup pytest &``) inherit SIGINT ignored, an ignored signal
+    stays ignored across exec, and a Ctrl-C sent to the child would then never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_run(db: Path, *argv: str) -> subprocess.Popen[str]:
     """``python -m vlbench run ARGV --db DB`` with worker isolation on, in a session of its own
     (its process group is what a terminal's Ctrl-C reaches: the run and its worker)."""
@@ -30,7 +38,7 @@ def start_run(db: Path, *argv: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "vlbench", "run", *argv, "--db", str(db)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
+        start_new_session=True, preexec_fn=as_in_a_terminal,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import torch
 from hostile import REPO, SPEC, assert_one_line, run_fresh, state, synthetic_store
+from live_runs import as_in_a_terminal
 
 import vlbench.plugins as plugins
 from vlbench import interrupts
@@ -111,7 +112,7 @@ def started(*argv: str, isolation: bool = False) -> Iterator[subprocess.Popen[st
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen([sys.executable, "-m", "vlbench", *argv], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_in_a_terminal)
     try:
         yield proc
     finally:
