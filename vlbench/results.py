@@ -10,6 +10,7 @@ input and the published figures it is compared with, and the status (``ok`` / ``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -73,6 +74,18 @@ class StageResult:
     #: the report category of ``kind`` (``feature_extractors.StageKind.category``), stored so
     #: that readers need no model code; "" only in records built by hand
     category: str = ""
+
+
+def stage_depths(stages: Sequence[StageResult]) -> dict[str, int]:
+    """Each stage's nesting depth (0: top level), from the ``parent`` links."""
+    parents = {s.name: s.parent for s in stages}
+    depths = {}
+    for s in stages:
+        depth, up = 0, s.parent
+        while up is not None and depth < len(stages):
+            depth, up = depth + 1, parents.get(up)
+        depths[s.name] = depth
+    return depths
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,11 @@ def case_how(spec: CaseSpec) -> str:
     return " ".join(parts)
 
 
+def case_text(spec: CaseSpec) -> str:
+    """'b1 384x640 fp32 d2': batch, image and how, as the report's sections name a case."""
+    return f"b{spec.batch_size} {spec.image_size[0]}x{spec.image_size[1]} {case_how(spec)}"
+
+
 def _achieved(result: CaseResult, name: str) -> str:
     stage = next((st for st in result.stages if st.name == name), None)
     if stage is None or stage.achieved_flops_per_s is None:

@@ -17,10 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vlbench.case_keys import identity_key
+from vlbench.contention import BUSY, state
 from vlbench.report.section import ReportCase, Section
 from vlbench.report.text import escape
-from vlbench.results import CaseResult, StageResult
-from vlbench.table import case_how
+from vlbench.results import CaseResult, StageResult, stage_depths
+from vlbench.table import case_text
 
 #: FLOPs of a stage agree when they differ by at most this share (the parity's tolerance)
 FLOPS_TOLERANCE = 0.01
@@ -118,13 +119,6 @@ class BackendsSection:
     pairs: list[BackendPair]
 
 
-def _depth(stage: StageResult, parents: dict[str, str | None]) -> int:
-    depth, parent = 0, stage.parent
-    while parent is not None and depth < 8:
-        depth, parent = depth + 1, parents.get(parent)
-    return depth
-
-
 def _side(stage: StageResult | None) -> Side:
     if stage is None:
         return Side(None, None, None, {})
@@ -141,16 +135,16 @@ def stage_pairs(ours: CaseResult, theirs: CaseResult) -> list[StagePair]:
     """Every stage of either side in our order (theirs-only stages last), then the forward."""
     mine = {s.name: s for s in ours.stages}
     other = {s.name: s for s in theirs.stages}
-    parents = {s.name: s.parent for s in (*theirs.stages, *ours.stages)}
     ordered = [*mine.values(), *(s for n, s in other.items() if n not in mine)]
-    pairs = [StagePair(s.name, _depth(s, parents), _side(mine.get(s.name)),
+    depths = {**stage_depths(theirs.stages), **stage_depths(ours.stages)}
+    pairs = [StagePair(s.name, depths[s.name], _side(mine.get(s.name)),
                        _side(other.get(s.name))) for s in ordered]
     return [*pairs, StagePair(FORWARD, 0, _forward(ours), _forward(theirs))]
 
 
 def _busy(ours: CaseResult, theirs: CaseResult) -> str:
     sides = [name for name, r in (("ours", ours), ("detectron2's", theirs))
-             if r.contention is not None and r.contention.contended]
+             if state(r.contention) == BUSY]
     return " and ".join(sides)
 
 
@@ -172,8 +166,7 @@ def backends_section(cases: Sequence[ReportCase]) -> BackendsSection | None:
             continue
         pairs.append(BackendPair(
             label=mine.label,
-            case=f"b{spec.batch_size} {spec.image_size[0]}x{spec.image_size[1]} "
-                 f"{case_how(plain)} against {spec.region_backend}",
+            case=f"{case_text(plain)} against {spec.region_backend}",
             run_ids=(mine.run_id, c.run_id), stages=stage_pairs(mine.result, c.result),
             busy=_busy(mine.result, c.result)))
     return BackendsSection(pairs) if pairs else None

@@ -21,7 +21,14 @@ from vlbench.report.contention import MachineSection, machine_section
 from vlbench.report.devices import DeviceRow, device_rows, label_devices
 from vlbench.report.registry import SECTIONS
 from vlbench.report.section import Shown, build_sections
-from vlbench.results import STAGE_GAP_LIMIT, CaseResult, StageResult, Summary, stage_gap
+from vlbench.results import (
+    STAGE_GAP_LIMIT,
+    CaseResult,
+    StageResult,
+    Summary,
+    stage_depths,
+    stage_gap,
+)
 from vlbench.rounds import pool_rounds
 from vlbench.stats import UNSTABLE_CV
 from vlbench.store import RunRecord, Store
@@ -240,12 +247,10 @@ def _ratios(headline: list[Case]) -> list[Ratio]:
 
 
 def _stage_lines(result: CaseResult) -> list[StageLine]:
-    parents = {s.name: s.parent for s in result.stages}
+    depths = stage_depths(result.stages)
     lines = []
     for s in result.stages:
-        depth, up = 0, s.parent
-        while up is not None:
-            depth, up = depth + 1, parents.get(up)
+        depth = depths[s.name]
         median = s.timing.median_ms if s.timing else None
         rate = s.flops / (median / 1e3) / 1e9 if median and s.flops else None
         work = ", ".join(f"{k} {v:,}" for k, v in s.workload.items())

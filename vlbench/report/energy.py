@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from vlbench.report.section import ReportCase, Section
 from vlbench.report.text import escape
-from vlbench.table import case_how
+from vlbench.table import case_text
 
 NOT_GPU = "not available: not a GPU run"
 
@@ -47,7 +47,7 @@ def energy_section(cases: Sequence[ReportCase]) -> EnergySection | None:
         spec = c.result.spec
         rows.append(EnergyRow(
             label=c.label, run_id=c.run_id,
-            case=f"b{spec.batch_size} {spec.image_size[0]}x{spec.image_size[1]} {case_how(spec)}",
+            case=case_text(spec),
             joules=record.get("joules_per_forward"),
             above_idle=record.get("joules_above_idle_per_forward"),
             idle_watts=record.get("idle_watts"), window_s=record.get("window_s"),
